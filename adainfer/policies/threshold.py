@@ -1,0 +1,18 @@
+"""The paper's rule without training: stop once ``gap`` exceeds a threshold (0.8)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from adainfer.features import LayerRecords
+from adainfer.policies.base import ExitPolicy
+
+
+class GapThreshold(ExitPolicy):
+    name = "gap"
+
+    def __init__(self, threshold: float = 0.8) -> None:
+        self.threshold = threshold
+
+    def stop_mask(self, records: LayerRecords) -> np.ndarray:
+        return records.gap > self.threshold

@@ -1,0 +1,79 @@
+"""The Lightning side: a LightningModule whose predict step probes every layer of a batch.
+
+The Trainer owns device placement, precision and the progress bar; the module only turns a
+padded batch into per-layer features. Later strategies (multi-device, sharded) plug in here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from adainfer.encoding import EncodedPrompts
+from adainfer.features import LayerRecords, probe_layers
+from adainfer.models.loading import LoadedModel
+
+
+class LayerProbeModule(L.LightningModule):
+    """Runs the frozen LLM once per batch and returns the logit-lens features of every layer."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        super().__init__()
+        self.model = loaded.model
+        self.parts = loaded.parts
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
+        out = probe_layers(self.parts, batch["input_ids"], batch["attention_mask"])
+        return {key: value.cpu() for key, value in out.items()} | {"index": batch["index"].cpu()}
+
+
+def _collate(pad_id: int):
+    def collate(items: list[tuple[int, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(ids) for _, ids in items)
+        input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for row, (_, ids) in enumerate(items):  # right padding, see models.loading
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
+        index = torch.tensor([i for i, _ in items])
+        return {"input_ids": input_ids, "attention_mask": mask, "index": index}
+
+    return collate
+
+
+def extract_records(
+    loaded: LoadedModel,
+    encoded: EncodedPrompts,
+    batch_size: int,
+    trainer_kwargs: dict[str, Any] | None = None,
+) -> LayerRecords:
+    """Per-layer features of every prompt, from one forward pass per batch."""
+    # Similar lengths in a batch waste less compute on padding; results are put back in order.
+    order = sorted(range(len(encoded.input_ids)), key=lambda i: len(encoded.input_ids[i]))
+    loader = DataLoader(
+        [(i, encoded.input_ids[i]) for i in order],
+        batch_size=batch_size,
+        collate_fn=_collate(loaded.tokenizer.pad_token_id),
+    )
+    trainer = L.Trainer(
+        **{
+            "accelerator": "auto",
+            "devices": 1,
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_model_summary": False,
+            **(trainer_kwargs or {}),
+        }
+    )
+    batches = trainer.predict(LayerProbeModule(loaded), dataloaders=loader)
+    index = torch.cat([b["index"] for b in batches]).numpy()
+    arrays = {}
+    for key in ("gap", "top_prob", "argmax"):
+        stacked = torch.cat([b[key] for b in batches]).numpy()
+        arrays[key] = np.empty_like(stacked)
+        arrays[key][index] = stacked
+    return LayerRecords(**arrays, gold=encoded.gold, seq_len=encoded.seq_len)

@@ -1,0 +1,17 @@
+"""Tasks are data: where examples come from, how they split, how prompts are rendered."""
+
+from adainfer.tasks.base import Example, Splits, Task
+from adainfer.tasks.function_vectors import FunctionVectorsTask
+from adainfer.tasks.prompts import Prompt, PromptTemplate, build_prompts
+from adainfer.tasks.rules import RuleTask
+
+__all__ = [
+    "Example",
+    "FunctionVectorsTask",
+    "Prompt",
+    "PromptTemplate",
+    "RuleTask",
+    "Splits",
+    "Task",
+    "build_prompts",
+]

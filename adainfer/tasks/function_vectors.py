@@ -1,0 +1,60 @@
+"""The Function Vectors tasks (Todd et al., 2024) from their JSON Lines files.
+
+Layout: ``<data_dir>/function_vectors/{abstractive,extractive}/<name>.jsonl`` with rows
+``{"input": str, "output": str}``. The split follows Function Vectors: 70% train, the rest split
+70/30 into test and valid, shuffled with a fixed seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from adainfer.errors import AdaInferError
+from adainfer.tasks.prompts import PromptTemplate
+from adainfer.tasks.base import Example, Splits, cap, check_examples, shuffled_split
+from adainfer.tasks.data import read_jsonl, resolve_data_dir
+
+GROUPS = ("abstractive", "extractive")
+
+
+def available_tasks(root: Path) -> list[str]:
+    return sorted(p.stem for group in GROUPS for p in (root / group).glob("*.jsonl"))
+
+
+@dataclass
+class FunctionVectorsTask:
+    """One Function Vectors task by name (e.g. ``antonym``, ``country-capital``)."""
+
+    name: str
+    data_dir: str | None = None
+    split_seed: int = 42
+    n_train: int | None = None
+    n_test: int | None = None
+    template: PromptTemplate = field(default_factory=PromptTemplate)
+
+    def path(self) -> Path:
+        root = resolve_data_dir(self.data_dir, "function_vectors", self.name)
+        for group in GROUPS:
+            candidate = root / group / f"{self.name}.jsonl"
+            if candidate.is_file():
+                return candidate
+        raise AdaInferError(
+            f"unknown Function Vectors task {self.name!r} (no {self.name}.jsonl under {root})",
+            f"use one of {available_tasks(root)}",
+        )
+
+    def load_all(self) -> dict[str, list[Example]]:
+        """All three Function Vectors splits: train, test, valid."""
+        rows = read_jsonl(self.path(), ("input", "output"))
+        examples = [Example(str(r["input"]), str(r["output"])) for r in rows]
+        train, rest = shuffled_split(examples, (0.7,), self.split_seed)
+        n_test = int(round(0.7 * len(rest)))
+        return {"train": train, "test": rest[:n_test], "valid": rest[n_test:]}
+
+    def load(self) -> Splits:
+        parts = self.load_all()
+        splits = Splits(cap(parts["train"], self.n_train), cap(parts["test"], self.n_test))
+        check_examples(self.name, "train", splits.train)
+        check_examples(self.name, "test", splits.test)
+        return splits

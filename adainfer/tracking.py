@@ -1,0 +1,65 @@
+"""MLflow bookkeeping: one run per job, params up front, metrics and artifacts at the end.
+
+The tracking store is MLflow's own default (``sqlite:///mlflow.db`` in the working directory,
+browsable with ``mlflow ui``); ``MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri=`` override it.
+A run that fails is closed as FAILED by MLflow's context manager, never left RUNNING.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+from adainfer.errors import AdaInferError
+
+
+@contextmanager
+def tracked_run(
+    experiment: str,
+    run_name: str,
+    params: dict,
+    tags: dict | None = None,
+    tracking_uri: str | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """Start a run (closed FINISHED on success, FAILED on an exception) with its params."""
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    try:
+        mlflow.set_experiment(experiment)
+    except Exception as err:  # noqa: BLE001 - any store failure is the same user problem
+        raise AdaInferError(
+            f"cannot open the MLflow tracking store {mlflow.get_tracking_uri()!r}: {err}",
+            "check MLFLOW_TRACKING_URI / mlflow.tracking_uri (a server must be running)",
+        ) from None
+    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+        mlflow.log_params(params)
+        yield run
+
+
+def log_metrics(metrics: dict[str, float]) -> None:
+    mlflow.log_metrics(metrics)
+
+
+def log_layer_curve(key: str, values) -> None:
+    """One metric per layer, with the layer number (from 1) as its step."""
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, float(v), now, step) for step, v in enumerate(values, start=1)]
+    MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=metrics)
+
+
+def log_tables(tables: dict[str, pd.DataFrame], config_yaml: str) -> None:
+    """The resolved config and data tables (Parquet) as run artifacts."""
+    mlflow.log_text(config_yaml, "config.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, frame in tables.items():
+            path = Path(tmp) / f"{name}.parquet"
+            frame.to_parquet(path, index=False)
+            mlflow.log_artifact(str(path))

@@ -1,0 +1,36 @@
+"""Print the runs of an MLflow experiment as a table of the AdaInfer metrics.
+
+    python scripts/show_runs.py                 # experiment "adainfer"
+    python scripts/show_runs.py --experiment my-sweep --csv runs.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import mlflow
+
+PARAMS = ["model", "task", "shots", "classifier", "seed", "n_test"]
+METRICS = ["acc_full", "acc", "exit_layer_mean", "exit_layer_var", "flops_ratio"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", default="adainfer")
+    parser.add_argument("--tracking-uri", default=None, help="default: MLflow's own default")
+    parser.add_argument("--csv", default=None, help="also write the table here")
+    args = parser.parse_args()
+    if args.tracking_uri:
+        mlflow.set_tracking_uri(args.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=[args.experiment], order_by=["start_time ASC"])
+    if runs.empty:
+        raise SystemExit(f"no runs in experiment {args.experiment!r} at {mlflow.get_tracking_uri()}")
+    columns = ["status"] + [f"params.{p}" for p in PARAMS] + [f"metrics.{m}" for m in METRICS]
+    table = runs[[c for c in columns if c in runs]].rename(columns=lambda c: c.split(".")[-1])
+    print(table.to_markdown(index=False, floatfmt=".3f"))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+
+
+if __name__ == "__main__":
+    main()

