@@ -29,6 +29,7 @@ __all__ = [
     "PromptTemplate",
     "RuleTask",
     "SVMPolicy",
+    "TinyRandomModel",
     "build_prompts",
     "evaluate",
     "flops_ratio",

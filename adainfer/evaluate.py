@@ -16,9 +16,7 @@ class ExitResult:
     prediction: np.ndarray  # [N] token id at the exit layer
     full_prediction: np.ndarray  # [N] token id at the last layer
 
-    def metrics(
-        self, records: LayerRecords, hidden_size: int, vocab_size: int
-    ) -> dict[str, float]:
+    def metrics(self, records: LayerRecords, hidden_size: int, vocab_size: int) -> dict[str, float]:
         """acc_full, acc, exit_layer_mean, exit_layer_var, flops_ratio (MLflow keys)."""
         ratio = flops_ratio(
             self.exit_layer, records.num_layers, hidden_size, records.seq_len, vocab_size

@@ -1,7 +1,7 @@
 """Print the runs of an MLflow experiment as a table of the AdaInfer metrics.
 
-    python scripts/show_runs.py                 # experiment "adainfer"
-    python scripts/show_runs.py --experiment my-sweep --csv runs.csv
+python scripts/show_runs.py                 # experiment "adainfer"
+python scripts/show_runs.py --experiment my-sweep --csv runs.csv
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ def main() -> None:
         mlflow.set_tracking_uri(args.tracking_uri)
     runs = mlflow.search_runs(experiment_names=[args.experiment], order_by=["start_time ASC"])
     if runs.empty:
-        raise SystemExit(f"no runs in experiment {args.experiment!r} at {mlflow.get_tracking_uri()}")
+        raise SystemExit(
+            f"no runs in experiment {args.experiment!r} at {mlflow.get_tracking_uri()}"
+        )
     columns = ["status"] + [f"params.{p}" for p in PARAMS] + [f"metrics.{m}" for m in METRICS]
     table = runs[[c for c in columns if c in runs]].rename(columns=lambda c: c.split(".")[-1])
     print(table.to_markdown(index=False, floatfmt=".3f"))

@@ -22,9 +22,18 @@ def run_py(args: list[str], tmp_path, **env) -> subprocess.CompletedProcess:
         **env,
     }
     return subprocess.run(
-        [sys.executable, str(REPO / "run.py"), *args, f"hydra.sweep.dir={tmp_path / 'multirun'}",
-         f"hydra.run.dir={tmp_path / 'outputs'}"],
-        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(REPO / "run.py"),
+            *args,
+            f"hydra.sweep.dir={tmp_path / 'multirun'}",
+            f"hydra.run.dir={tmp_path / 'outputs'}",
+        ],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -35,16 +44,27 @@ def runs_in(tmp_path):
 
 def test_multirun_sweep_one_finished_run_per_point(tmp_path):
     proc = run_py(
-        ["-m", "model=tiny_llama,tiny_opt", "shots=0,5", "classifier=svm",
-         "task.n_train=16", "task.n_test=8"],
+        [
+            "-m",
+            "model=tiny_llama,tiny_opt",
+            "shots=0,5",
+            "classifier=svm",
+            "task.n_train=16",
+            "task.n_test=8",
+        ],
         tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = runs_in(tmp_path)
     assert len(runs) == 4
     assert set(runs.status) == {"FINISHED"}
-    points = set(zip(runs["params.model"], runs["params.shots"]))
-    assert points == {("tiny_llama", "0"), ("tiny_llama", "5"), ("tiny_opt", "0"), ("tiny_opt", "5")}
+    points = set(zip(runs["params.model"], runs["params.shots"], strict=False))
+    assert points == {
+        ("tiny_llama", "0"),
+        ("tiny_llama", "5"),
+        ("tiny_opt", "0"),
+        ("tiny_opt", "5"),
+    }
     assert runs["metrics.flops_ratio"].notna().all() and runs["metrics.acc"].notna().all()
     assert runs["tags.sweep_dir"].nunique() == 1
 
@@ -81,7 +101,8 @@ def _fail_in_process(overrides, tracking_uri, capsys):
 def test_missing_data_dir_and_empty_answer(tmp_path, tracking_uri, capsys):
     err = _fail_in_process(
         ["model=tiny_llama", "task=function_vectors", f"task.data_dir={tmp_path / 'none'}"],
-        tracking_uri, capsys,
+        tracking_uri,
+        capsys,
     )
     assert "no data directory" in err and "task.data_dir=" in err
     folder = tmp_path / "data" / "function_vectors" / "extractive"
@@ -89,9 +110,15 @@ def test_missing_data_dir_and_empty_answer(tmp_path, tracking_uri, capsys):
     rows = [f'{{"input": "x{i}", "output": "{"" if i % 2 else "y"}"}}' for i in range(20)]
     (folder / "blank.jsonl").write_text("\n".join(rows) + "\n")
     err = _fail_in_process(
-        ["model=tiny_llama", "task=function_vectors", "task.name=blank",
-         f"task.data_dir={tmp_path / 'data'}", "shots=0"],
-        tracking_uri, capsys,
+        [
+            "model=tiny_llama",
+            "task=function_vectors",
+            "task.name=blank",
+            f"task.data_dir={tmp_path / 'data'}",
+            "shots=0",
+        ],
+        tracking_uri,
+        capsys,
     )
     assert "tokenizes to nothing" in err
     mlflow.set_tracking_uri(tracking_uri)
@@ -113,8 +140,16 @@ def test_failure_inside_a_run_is_not_left_running(tmp_path, tracking_uri, monkey
         raise RuntimeError("device lost")
 
     monkeypatch.setattr(pipeline, "extract_records", boom)
-    cfg = compose_cfg(["model=tiny_llama", "task.n_train=8", "task.n_test=4", "shots=0",
-                       f"mlflow.tracking_uri={tracking_uri}", "mlflow.experiment=crash"])
+    cfg = compose_cfg(
+        [
+            "model=tiny_llama",
+            "task.n_train=8",
+            "task.n_test=4",
+            "shots=0",
+            f"mlflow.tracking_uri={tracking_uri}",
+            "mlflow.experiment=crash",
+        ]
+    )
     with pytest.raises(RuntimeError):
         pipeline.run(cfg)
     mlflow.set_tracking_uri(tracking_uri)

@@ -77,7 +77,7 @@ def test_prompts_seeded_and_never_contain_their_instance():
     c = build_prompts(pool[:10], pool, 5, seed=4)
     assert [p.text for p in a] == [p.text for p in b]
     assert [p.text for p in a] != [p.text for p in c]
-    for ex, prompt in zip(pool[:10], a):
+    for ex, prompt in zip(pool[:10], a, strict=False):
         assert prompt.text.count("Q: ") == 6
         assert prompt.text.count(f"Q: {ex.input}\n") == 1  # only as the final query
         assert prompt.text.endswith(f"Q: {ex.input}\nA:")

@@ -151,7 +151,9 @@ class HubModel:
             AutoConfig.from_pretrained(source, revision=self.revision)
             tokenizer = AutoTokenizer.from_pretrained(source, revision=self.revision)
             model = AutoModelForCausalLM.from_pretrained(
-                source, revision=self.revision, dtype=_dtype(self.dtype),
+                source,
+                revision=self.revision,
+                dtype=_dtype(self.dtype),
                 device_map=self.device_map,
             )
         except OSError as err:

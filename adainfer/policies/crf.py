@@ -14,7 +14,10 @@ from adainfer.policies.base import ExitPolicy, single_class
 def _sequences(records: LayerRecords, names: tuple[str, ...]) -> list[list[dict[str, float]]]:
     feats = records.features(names)
     return [
-        [{name: float(value) for name, value in zip(names, layer)} for layer in instance]
+        [
+            {name: float(value) for name, value in zip(names, layer, strict=False)}
+            for layer in instance
+        ]
         for instance in feats
     ]
 
@@ -35,7 +38,9 @@ class CRFPolicy(ExitPolicy):
             self.model = None
             return self
         self.model = sklearn_crfsuite.CRF(**self.crf_kwargs)
-        self.model.fit(_sequences(records, self.features), [[str(v) for v in row] for row in labels])
+        self.model.fit(
+            _sequences(records, self.features), [[str(v) for v in row] for row in labels]
+        )
         return self
 
     def stop_mask(self, records: LayerRecords) -> np.ndarray:

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adainfer.errors import AdaInferError
-from adainfer.tasks.prompts import PromptTemplate
 from adainfer.tasks.base import Example, Splits, cap, check_examples, shuffled_split
 from adainfer.tasks.data import read_jsonl, resolve_data_dir
+from adainfer.tasks.prompts import PromptTemplate
 
 GROUPS = ("abstractive", "extractive")
 

@@ -11,17 +11,46 @@ import string
 from dataclasses import dataclass, field
 
 from adainfer.errors import AdaInferError
-from adainfer.tasks.prompts import PromptTemplate
 from adainfer.tasks.base import Example, Splits, cap, check_examples, shuffled_split
+from adainfer.tasks.prompts import PromptTemplate
 
-_NUMBER_WORDS = (
-    "one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen twenty"
-).split()
-_WEEKDAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
-_MONTHS = (
-    "January February March April May June July August September October November December"
-).split()
+_NUMBER_WORDS = [
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+]
+_WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+_MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 
 # (items, cyclic): weekdays and months wrap around, letters and numbers do not.
 SEQUENCES: dict[str, tuple[list[str], bool]] = {
@@ -44,7 +73,7 @@ def rule_examples(rule: str, sequences: list[str]) -> list[Example]:
     examples = []
     for name in sequences:
         items, cyclic = SEQUENCES[name]
-        pairs = list(zip(items, items[1:]))
+        pairs = list(zip(items, items[1:], strict=False))
         if cyclic:
             pairs.append((items[-1], items[0]))
         for a, b in pairs:
