@@ -28,6 +28,7 @@ def tracked_run(
     params: dict,
     tags: dict | None = None,
     tracking_uri: str | None = None,
+    nested: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start a run (closed FINISHED on success, FAILED on an exception) with its params."""
     if tracking_uri:
@@ -39,7 +40,7 @@ def tracked_run(
             f"cannot open the MLflow tracking store {mlflow.get_tracking_uri()!r}: {err}",
             "check MLFLOW_TRACKING_URI / mlflow.tracking_uri (a server must be running)",
         ) from None
-    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+    with mlflow.start_run(run_name=run_name, tags=tags, nested=nested) as run:
         mlflow.log_params(params)
         yield run
 

@@ -127,10 +127,10 @@ def test_missing_data_dir_and_empty_answer(tmp_path, tracking_uri, capsys):
 
 def test_empty_answer_caught_at_encoding(tiny_llama):
     from adainfer.encoding import encode_prompts
-    from adainfer.tasks import Prompt
+    from adainfer.tasks import Example, Prompt
 
     with pytest.raises(AdaInferError, match="tokenizes to nothing"):
-        encode_prompts(tiny_llama.tokenizer, [Prompt("Q: a\nA:", "  ", 0)], 2048)
+        encode_prompts(tiny_llama.tokenizer, [Prompt(Example("a", "  "))], 2048)
 
 
 def test_failure_inside_a_run_is_not_left_running(tmp_path, tracking_uri, monkeypatch):

@@ -4,6 +4,7 @@ from adainfer.tasks.base import Example, Splits, Task
 from adainfer.tasks.function_vectors import FunctionVectorsTask
 from adainfer.tasks.prompts import Prompt, PromptTemplate, build_prompts
 from adainfer.tasks.rules import RuleTask
+from adainfer.tasks.suite import Suite, function_vectors_suite
 
 __all__ = [
     "Example",
@@ -12,6 +13,8 @@ __all__ = [
     "PromptTemplate",
     "RuleTask",
     "Splits",
+    "Suite",
     "Task",
     "build_prompts",
+    "function_vectors_suite",
 ]

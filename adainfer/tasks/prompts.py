@@ -7,7 +7,7 @@ instance being asked (nor any example with the same input).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from adainfer.errors import AdaInferError
 from adainfer.tasks.base import Example
@@ -18,16 +18,33 @@ class PromptTemplate:
     demo: str = "Q: {x}\nA: {y}\n\n"
     query: str = "Q: {x}\nA:"
 
-    def render(self, demos: list[Example], query: Example) -> str:
+    def render(self, demos: tuple[Example, ...] | list[Example], query: Example) -> str:
         head = "".join(self.demo.format(x=d.input, y=d.output) for d in demos)
         return head + self.query.format(x=query.input)
 
 
 @dataclass(frozen=True)
 class Prompt:
-    text: str
-    answer: str
-    shots: int
+    """A query with its demonstrations; the text is rendered from them on demand."""
+
+    query: Example
+    demos: tuple[Example, ...] = ()
+    template: PromptTemplate = PromptTemplate()
+
+    @property
+    def text(self) -> str:
+        return self.template.render(self.demos, self.query)
+
+    @property
+    def answer(self) -> str:
+        return self.query.output
+
+    @property
+    def shots(self) -> int:
+        return len(self.demos)
+
+    def drop_first_demo(self) -> Prompt:
+        return replace(self, demos=self.demos[1:])
 
 
 def build_prompts(
@@ -42,10 +59,7 @@ def build_prompts(
     if shots < 0:
         raise AdaInferError(f"shots={shots} is negative", "use shots=0, 5, 10, 15 or 20")
     rng = random.Random(seed)
-    prompts = []
-    for ex in examples:
-        prompts.append(Prompt(template.render(_demos(pool, ex, shots, rng), ex), ex.output, shots))
-    return prompts
+    return [Prompt(ex, tuple(_demos(pool, ex, shots, rng)), template) for ex in examples]
 
 
 def _demos(pool: list[Example], query: Example, shots: int, rng: random.Random) -> list[Example]:
