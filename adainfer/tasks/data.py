@@ -1,4 +1,8 @@
-"""Finding and reading local JSON Lines data (the layout of the project's shared/data)."""
+"""Finding and reading local JSON Lines data (the layout of the project's shared/data).
+
+A task reads local files when ``task.data_dir`` or ``$ADAINFER_DATA_DIR`` is set and the
+Hugging Face hub otherwise (see :mod:`adainfer.tasks.hub`).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,17 @@ import os
 from pathlib import Path
 
 from adainfer.errors import AdaInferError
+from adainfer.tasks.base import Example, Splits, cap, check_examples, shuffled_split
 
 DATA_ENV = "ADAINFER_DATA_DIR"
+
+
+def local_root(data_dir: str | None) -> str | None:
+    """The local data folder a task should read (``data_dir``, else ``$ADAINFER_DATA_DIR``).
+
+    None means no local copy was asked for, so tasks that have one load from the hub instead.
+    """
+    return data_dir or os.environ.get(DATA_ENV) or None
 
 
 def resolve_data_dir(data_dir: str | None, subdir: str, task: str) -> Path:
@@ -34,6 +47,12 @@ def resolve_data_dir(data_dir: str | None, subdir: str, task: str) -> Path:
 
 def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
     """Rows of a JSON Lines file; each must have the ``required`` fields."""
+    if not path.is_file():
+        raise AdaInferError(
+            f"no data file {path}",
+            f"point task.data_dir (or {DATA_ENV}) at a folder laid out like shared/data "
+            "(see shared/data/SOURCES.md)",
+        )
     rows = []
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -53,3 +72,25 @@ def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
                 )
             rows.append(row)
     return rows
+
+
+def sampled_splits(
+    task: str,
+    train: list[Example],
+    test: list[Example],
+    n_train: int | None,
+    n_test: int | None,
+    seed: int,
+) -> Splits:
+    """Both splits shuffled with ``seed``, capped at ``n_train`` / ``n_test``, and checked.
+
+    Shuffling before the cap makes a cap a seeded random sample: the data files are ordered by
+    subject (MMLU) or article (SQuAD), so their first rows would cover a single topic.
+    """
+    splits = Splits(
+        cap(shuffled_split(train, (), seed)[0], n_train),
+        cap(shuffled_split(test, (), seed)[0], n_test),
+    )
+    check_examples(task, "train", splits.train)
+    check_examples(task, "test", splits.test)
+    return splits

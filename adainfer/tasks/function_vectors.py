@@ -18,7 +18,14 @@ from adainfer.tasks.prompts import PromptTemplate
 GROUPS = ("abstractive", "extractive")
 
 
-def available_tasks(root: Path) -> list[str]:
+def available_tasks(data_dir: str | Path | None = None) -> list[str]:
+    """The sorted names of the Function Vectors tasks under ``data_dir``.
+
+    ``data_dir`` is the data root or its ``function_vectors/`` folder; None reads
+    ``$ADAINFER_DATA_DIR``. Lets a user or a sweep see which ``task.name`` values exist.
+    """
+    where = None if data_dir is None else str(data_dir)
+    root = resolve_data_dir(where, "function_vectors", "function_vectors")
     return sorted(p.stem for group in GROUPS for p in (root / group).glob("*.jsonl"))
 
 
@@ -32,6 +39,13 @@ class FunctionVectorsTask:
     n_train: int | None = None
     n_test: int | None = None
     template: PromptTemplate = field(default_factory=PromptTemplate)
+
+    @property
+    def labels(self) -> None:
+        """None: answers are treated as free text, even for the few tasks with a closed set."""
+        return None
+
+    available_tasks = staticmethod(available_tasks)
 
     def path(self) -> Path:
         root = resolve_data_dir(self.data_dir, "function_vectors", self.name)
