@@ -3,7 +3,8 @@
 Only this module sees ``DictConfig`` and calls ``instantiate``. Everything that can fail on bad
 input (names, data, model, prompts) is checked before the MLflow run opens, so a mistake costs
 no half-logged run. A suite (``task=qa`` ...) is one parent run with a nested run per task and
-the averages, as the paper's "Avg" columns.
+the averages, as the paper's "Avg" columns. Layer records come from the trace store when the
+same setting ran before, so a sweep over classifiers runs the LLM once.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import copy
 import logging
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -26,13 +29,16 @@ from adainfer import tracking
 from adainfer.encoding import EncodedPrompts, check_label_tokens, encode_prompts
 from adainfer.errors import AdaInferError
 from adainfer.evaluate import ExitResult, apply_exits, layer_accuracy
-from adainfer.features import LayerRecords
+from adainfer.features import FEATURE_SETS, LayerRecords
+from adainfer.models import cache
 from adainfer.models.loading import LoadedModel
 from adainfer.policies.base import ExitPolicy
 from adainfer.runner import extract_records
 from adainfer.tasks.base import Splits, Task
 from adainfer.tasks.prompts import build_prompts
 from adainfer.tasks.suite import Suite
+from adainfer.traces import TraceKey, TraceStore, data_digest
+from adainfer.tradeoff import tradeoff_curve
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +50,15 @@ class Outcome:
     """Everything one task's evaluation computed."""
 
     metrics: dict[str, float]
-    train: LayerRecords
+    train: LayerRecords  # the records the policy was fitted on
     test: LayerRecords
     result: ExitResult
+    policy: ExitPolicy
 
 
-def _build(node: DictConfig, what: str) -> Any:
+def _build(node: DictConfig, what: str, **kwargs: Any) -> Any:
     try:
-        return instantiate(node, _convert_="all")
+        return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as err:
         cause = err.__cause__ or err
         raise AdaInferError(
@@ -82,6 +89,16 @@ def prepare(
     )
 
 
+def score(
+    policy: ExitPolicy, fit_records: LayerRecords, test_records: LayerRecords, loaded: LoadedModel
+) -> Outcome:
+    """Fit the policy on ``fit_records`` and score it on ``test_records``."""
+    policy.fit(fit_records)
+    result = apply_exits(test_records, policy.exit_layers(test_records))
+    metrics = result.metrics(test_records, loaded.hidden_size, loaded.vocab_size)
+    return Outcome(metrics, fit_records, test_records, result, policy)
+
+
 def evaluate(
     loaded: LoadedModel,
     policy: ExitPolicy,
@@ -93,16 +110,11 @@ def evaluate(
     """Probe every layer of both splits, fit the policy on train, score it on test."""
     train_records = extract_records(loaded, train, batch_size, trainer_kwargs)
     test_records = extract_records(loaded, test, batch_size, trainer_kwargs)
-    policy.fit(train_records)
-    result = apply_exits(test_records, policy.exit_layers(test_records))
-    metrics = result.metrics(test_records, loaded.hidden_size, loaded.vocab_size)
-    metrics["prompts_truncated"] = float(train.truncated + test.truncated)
-    metrics["demos_dropped"] = float(train.dropped_demos + test.dropped_demos)
-    return Outcome(metrics, train_records, test_records, result)
+    return score(policy, train_records, test_records, loaded)
 
 
 def _tables(outcome: Outcome) -> dict[str, pd.DataFrame]:
-    train = outcome.train.to_frame().assign(split="train")
+    train = outcome.train.to_frame().assign(split="fit")
     test = outcome.test.to_frame().assign(split="test")
     res = outcome.result
     exits = pd.DataFrame(
@@ -128,10 +140,59 @@ def _sweep_tags() -> dict[str, str]:
     return tags
 
 
-def _log_outcome(outcome: Outcome, config_yaml: str) -> None:
+class _Records:
+    """Layer records of (model, task, split): from the trace store, else one LLM pass."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.trainer_kwargs = {k: v for k, v in cfg.trainer.items() if v is not None}
+        root = cfg.traces.dir or cache.cache_root() / "traces"
+        self.store = TraceStore(Path(root)) if cfg.traces.enabled else None
+
+    def __call__(
+        self, loaded: LoadedModel, task: str, split: str, encoded: EncodedPrompts
+    ) -> LayerRecords:
+        def compute() -> LayerRecords:
+            bs = self.cfg.batch_size
+            return extract_records(loaded, encoded, bs, self.trainer_kwargs)
+
+        if self.store is None:
+            return compute()
+        key = TraceKey(
+            model=loaded.name,
+            model_identity=loaded.identity,
+            task=task,
+            split=split,
+            shots=self.cfg.shots,
+            seed=self.cfg.seed,
+            instances=len(encoded.input_ids),
+            data=data_digest(encoded),
+        )
+        return self.store.get_or_compute(key, compute)
+
+
+def _features(name: str) -> tuple[str, ...]:
+    if name not in FEATURE_SETS:
+        raise AdaInferError(f"unknown feature_set {name!r}", f"use one of {sorted(FEATURE_SETS)}")
+    return FEATURE_SETS[name]
+
+
+def _log_outcome(outcome: Outcome, loaded: LoadedModel, config_yaml: str) -> None:
     tracking.log_metrics(outcome.metrics)
     tracking.log_layer_curve("acc_layer", layer_accuracy(outcome.test))
-    tracking.log_tables(_tables(outcome), config_yaml)
+    curve = tradeoff_curve(outcome.policy, outcome.test, loaded.hidden_size, loaded.vocab_size)
+    refs = curve[curve.threshold.isna()].set_index("policy")
+    tracking.log_metrics(
+        {
+            f"{ref}_{key}": float(refs.loc[ref, key])
+            for ref in ("oracle_consistent", "oracle_gold")
+            for key in ("acc", "flops_ratio")
+        }
+    )
+    tracking.log_tables(_tables(outcome) | {"tradeoff": curve}, config_yaml)
+    with tempfile.TemporaryDirectory() as tmp:
+        outcome.policy.save(Path(tmp) / "policy")
+        tracking.log_folder(Path(tmp) / "policy", "policy")
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -141,37 +202,73 @@ def run(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model_spec = _build(cfg.model, "model")
     task = _build(cfg.task, "task")
-    policy = _build(cfg.classifier, "classifier")
+    policy = _build(cfg.classifier, "classifier", features=_features(cfg.feature_set))
+    fit_tasks = {k: _build(node, "fit.tasks") for k, node in (cfg.fit.tasks or {}).items()}
+    fit_spec = _build(cfg.fit.model, "fit.model") if cfg.fit.model else None
+
     members = task.tasks if isinstance(task, Suite) else {task.name: task}
     splits = {name: member.load() for name, member in members.items()}  # data errors first
+    fit_splits = {t.name: t.load() for t in fit_tasks.values()}
     loaded = model_spec.load()
-    prepared = {
-        name: prepare(member, splits[name], loaded, cfg.shots, cfg.seed, cfg.context_length)
-        for name, member in members.items()
-    }
+    fit_loaded = fit_spec.load() if fit_spec else loaded
+
+    def encode(member: Task, split: Splits, model: LoadedModel):
+        return prepare(member, split, model, cfg.shots, cfg.seed, cfg.context_length)
+
+    prepared = {name: encode(member, splits[name], loaded) for name, member in members.items()}
+    # Where the exit classifier's training pairs come from (generalization study, Table 6).
+    fit_sources = [
+        (t.name, encode(t, fit_splits[t.name], fit_loaded)[0]) for t in fit_tasks.values()
+    ]
+    fit_own = {}  # inter-model: each task's own train split, prompted for the other model
+    if fit_spec and not fit_tasks:
+        fit_own = {name: encode(m, splits[name], fit_loaded)[0] for name, m in members.items()}
+
     params = {
         "model": model_spec.name,
         "task": task.name,
         "shots": cfg.shots,
         "classifier": policy.name,
+        "feature_set": cfg.feature_set,
         "seed": cfg.seed,
         "num_layers": loaded.num_layers,
         "hidden_size": loaded.hidden_size,
         "vocab_size": loaded.vocab_size,
         "batch_size": cfg.batch_size,
         "model_identity": loaded.identity[:250],
+        "fit_tasks": ",".join(t.name for t in fit_tasks.values()) or "own",
+        "fit_model": fit_loaded.name,
     }
-    trainer_kwargs = {k: v for k, v in cfg.trainer.items() if v is not None}
+    records = _Records(cfg)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     run_name = f"{model_spec.name}/{task.name}/{cfg.shots}shot/{policy.name}"
     tags = _sweep_tags()
     uri = cfg.mlflow.tracking_uri
 
+    def fit_records(name: str) -> LayerRecords:
+        if fit_tasks:
+            parts = [records(fit_loaded, t, "train", enc) for t, enc in fit_sources]
+            if cfg.fit.include_own:
+                parts.append(records(loaded, name, "train", prepared[name][0]))
+            return LayerRecords.concat(parts) if len(parts) > 1 else parts[0]
+        if fit_spec:
+            return records(fit_loaded, name, "train", fit_own[name])
+        return records(loaded, name, "train", prepared[name][0])
+
     def one(name: str) -> dict[str, float]:
         train, test = prepared[name]
-        member_policy = copy.deepcopy(policy)  # each task fits its own classifier
-        outcome = evaluate(loaded, member_policy, train, test, cfg.batch_size, trainer_kwargs)
-        _log_outcome(outcome, config_yaml)
+        misses = records.store.misses if records.store else 0
+        outcome = score(
+            copy.deepcopy(policy),  # each task fits its own classifier
+            fit_records(name),
+            records(loaded, name, "test", test),
+            loaded,
+        )
+        outcome.metrics["prompts_truncated"] = float(train.truncated + test.truncated)
+        outcome.metrics["demos_dropped"] = float(train.dropped_demos + test.dropped_demos)
+        ran = records.store is None or records.store.misses > misses
+        tracking.set_tags({"llm_forward": "computed" if ran else "trace_store"})
+        _log_outcome(outcome, loaded, config_yaml)
         log.info("%s [%s]: %s", run_name, name, outcome.metrics)
         return outcome.metrics
 

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from adainfer.encoding import EncodedPrompts
-from adainfer.features import LayerRecords, probe_layers
+from adainfer.features import RECORDED, LayerRecords, probe_layers
 from adainfer.models.loading import LoadedModel
 
 
@@ -71,9 +71,12 @@ def extract_records(
     )
     batches = trainer.predict(LayerProbeModule(loaded), dataloaders=loader)
     index = torch.cat([b["index"] for b in batches]).numpy()
-    arrays = {}
-    for key in ("gap", "top_prob", "argmax"):
+
+    def in_order(key: str) -> np.ndarray:
         stacked = torch.cat([b[key] for b in batches]).numpy()
-        arrays[key] = np.empty_like(stacked)
-        arrays[key][index] = stacked
-    return LayerRecords(**arrays, gold=encoded.gold, seq_len=encoded.seq_len)
+        ordered = np.empty_like(stacked)
+        ordered[index] = stacked
+        return ordered
+
+    values = {key: in_order(key) for key in RECORDED}
+    return LayerRecords(values, in_order("argmax"), encoded.gold, encoded.seq_len)

@@ -49,6 +49,14 @@ def log_metrics(metrics: dict[str, float]) -> None:
     mlflow.log_metrics(metrics)
 
 
+def set_tags(tags: dict[str, str]) -> None:
+    mlflow.set_tags(tags)
+
+
+def log_folder(folder: Path, artifact_path: str) -> None:
+    mlflow.log_artifacts(str(folder), artifact_path)
+
+
 def log_layer_curve(key: str, values) -> None:
     """One metric per layer, with the layer number (from 1) as its step."""
     now = int(time.time() * 1000)

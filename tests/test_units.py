@@ -36,10 +36,10 @@ def _records(seed: int = 0, n: int = 40, L: int = 6) -> LayerRecords:
     top = np.clip(gap + 0.05, 0, 1)
     gold = rng.integers(10, 20, n)
     argmax = np.where(gap > 0.55, gold[:, None], 0)
-    return LayerRecords(gap, top, argmax, gold, np.full(n, 12))
+    return LayerRecords({"gap": gap, "top_prob": top}, argmax, gold, np.full(n, 12))
 
 
-@pytest.mark.parametrize("policy", [SVMPolicy(), CRFPolicy(), GapThreshold(0.55)])
+@pytest.mark.parametrize("policy", [SVMPolicy(), CRFPolicy(), GapThreshold(threshold=0.55)])
 def test_policies_learn_where_answers_settle(policy):
     train, test = _records(0), _records(1)
     exits = policy.fit(train).exit_layers(test)

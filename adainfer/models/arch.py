@@ -25,6 +25,8 @@ class DecoderParts:
     lm_head: nn.Module  # hidden -> vocabulary logits
     project_out: nn.Module | None = None  # OPT-350m style projection after the norm
     logit_softcap: float | None = None  # Gemma-2 style tanh soft-capping of the final logits
+    attn_name: str = "self_attn"  # per block: the module whose output is the attention output
+    mlp_name: str = "mlp"  # per block: the module whose output is the MLP output
 
     @property
     def num_layers(self) -> int:
@@ -40,6 +42,12 @@ class DecoderParts:
         if self.logit_softcap:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits
+
+    def attention(self, index: int) -> nn.Module:
+        return self.layers[index].get_submodule(self.attn_name)
+
+    def mlp(self, index: int) -> nn.Module:
+        return self.layers[index].get_submodule(self.mlp_name)
 
 
 def _llama_like(model: nn.Module) -> DecoderParts:
@@ -61,6 +69,7 @@ def _opt(model: nn.Module) -> DecoderParts:
         final_norm=decoder.final_layer_norm,
         lm_head=model.lm_head,
         project_out=decoder.project_out,
+        mlp_name="fc2",  # OPT's MLP is fc1 -> activation -> fc2
     )
 
 

@@ -11,6 +11,7 @@ import importlib
 import importlib.metadata
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,14 +34,39 @@ def _dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
-@dataclass
 class LoadedModel:
-    """A causal LM ready for layer probing, with what identifies it."""
+    """A causal LM ready for layer probing: tokenizer and config at once, weights on first use.
 
-    name: str
-    model: Any  # transformers.PreTrainedModel
-    tokenizer: Any  # transformers.PreTrainedTokenizerBase
-    identity: str  # stable id of the weights (file hash, hub id@revision, tiny config hash)
+    Reading traces back from the store needs only the tokenizer (to rebuild the exact inputs
+    and their key), so the weights — minutes for a 13B model — are loaded only when the LLM
+    actually has to run.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        tokenizer: Any,
+        config: Any,
+        identity: str,
+        weights: Callable[[], Any],
+    ) -> None:
+        self.name = name
+        self.tokenizer = tokenizer
+        self.config = config
+        self.identity = identity  # stable id of the weights (file hash, hub id@rev, tiny hash)
+        self._weights = weights
+        self._model = None
+
+    @property
+    def model(self) -> Any:
+        """The transformers model, loaded (in eval mode) on first access."""
+        if self._model is None:
+            self._model = self._weights().eval()
+        return self._model
+
+    @property
+    def weights_loaded(self) -> bool:
+        return self._model is not None
 
     @property
     def parts(self) -> DecoderParts:
@@ -48,19 +74,19 @@ class LoadedModel:
 
     @property
     def num_layers(self) -> int:
-        return self.model.config.num_hidden_layers
+        return self.config.num_hidden_layers
 
     @property
     def hidden_size(self) -> int:
-        return self.model.config.hidden_size
+        return self.config.hidden_size
 
     @property
     def vocab_size(self) -> int:
-        return self.model.config.vocab_size
+        return self.config.vocab_size
 
     @property
     def max_length(self) -> int:
-        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+        return int(getattr(self.config, "max_position_embeddings", 2048))
 
 
 def _prepare_tokenizer(tokenizer):
@@ -124,9 +150,14 @@ class PackagedGGUFModel:
 
     def load(self) -> LoadedModel:
         folder, identity = self._converted()
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=_dtype(self.dtype))
         tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(folder))
-        return LoadedModel(self.name, model.eval(), tokenizer, identity)
+        dtype = _dtype(self.dtype)
+
+        def weights():
+            return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+
+        config = AutoConfig.from_pretrained(folder)
+        return LoadedModel(self.name, tokenizer, config, identity, weights)
 
 
 @dataclass
@@ -145,29 +176,37 @@ class HubModel:
     dtype: str = "bfloat16"
     device_map: str | None = None
 
+    def _unreachable(self, err: OSError) -> AdaInferError:
+        source = self.path or self.repo_id
+        where = f"the local folder {self.path}" if self.path else "the Hugging Face hub"
+        return AdaInferError(
+            f"could not load model {self.name!r} ({source}) from {where}: it is not in the "
+            f"local cache and could not be fetched ({str(err).splitlines()[0]})",
+            "run where the hub is reachable (Llama 2 is gated: accept its licence and "
+            "`hf auth login`), or download it and pass "
+            f"model.path=/path/to/{self.repo_id.split('/')[-1]}; offline, use the embedded "
+            "model=smollm2_135m",
+        )
+
     def load(self) -> LoadedModel:
         source = self.path or self.repo_id
         try:
-            AutoConfig.from_pretrained(source, revision=self.revision)
+            config = AutoConfig.from_pretrained(source, revision=self.revision)
             tokenizer = AutoTokenizer.from_pretrained(source, revision=self.revision)
-            model = AutoModelForCausalLM.from_pretrained(
-                source,
-                revision=self.revision,
-                dtype=_dtype(self.dtype),
-                device_map=self.device_map,
-            )
         except OSError as err:
-            where = f"the local folder {self.path}" if self.path else "the Hugging Face hub"
-            raise AdaInferError(
-                f"could not load model {self.name!r} ({source}) from {where}: it is not in the "
-                f"local cache and could not be fetched ({str(err).splitlines()[0]})",
-                "run where the hub is reachable (Llama 2 is gated: accept its licence and "
-                "`hf auth login`), or download it and pass "
-                f"model.path=/path/to/{self.repo_id.split('/')[-1]}; offline, use the embedded "
-                "model=smollm2_135m",
-            ) from None
+            raise self._unreachable(err) from None
         identity = f"hub:{self.repo_id}@{self.revision}" if not self.path else f"path:{source}"
-        return LoadedModel(self.name, model.eval(), _prepare_tokenizer(tokenizer), identity)
+        dtype = _dtype(self.dtype)
+
+        def weights():
+            try:
+                return AutoModelForCausalLM.from_pretrained(
+                    source, revision=self.revision, dtype=dtype, device_map=self.device_map
+                )
+            except OSError as err:
+                raise self._unreachable(err) from None
+
+        return LoadedModel(self.name, _prepare_tokenizer(tokenizer), config, identity, weights)
 
 
 @dataclass
@@ -212,9 +251,12 @@ class TinyRandomModel:
     def load(self) -> LoadedModel:
         tokenizer = self.tokenizer.load_tokenizer()
         config = self._config(len(tokenizer))
-        with torch.random.fork_rng():
-            torch.manual_seed(self.seed)
-            model = AutoModelForCausalLM.from_config(config)
+
+        def weights():
+            with torch.random.fork_rng():
+                torch.manual_seed(self.seed)
+                return AutoModelForCausalLM.from_config(config)
+
         spec = json.dumps({**asdict(self), "tokenizer": self.tokenizer.name}, sort_keys=True)
         identity = "tiny:" + hashlib.sha256(spec.encode()).hexdigest()[:16]
-        return LoadedModel(self.name, model.eval(), tokenizer, identity)
+        return LoadedModel(self.name, tokenizer, config, identity, weights)

@@ -1,19 +1,27 @@
-"""One interface for every exit rule: fit on train layer records, decide per layer.
+"""One interface for every exit rule: fit on train layer records, score and decide per layer.
 
-A policy marks, for each instance and layer, whether the instance may stop there; the exit
-layer is the first marked layer, or the last layer when none is marked (the full model).
+A policy gives each (instance, layer) a score — higher means "ready to stop" — and stops where
+the score exceeds its threshold; the exit layer is the first such layer, or the last layer when
+there is none (the full model). Sweeping the threshold traces the accuracy/FLOPs trade-off.
+A fitted policy saves to a folder in safe formats (JSON, skops, crfsuite's own model file).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
+from adainfer.errors import AdaInferError
 from adainfer.features import FEATURES, LayerRecords
 
 log = logging.getLogger(__name__)
+
+_REGISTRY: dict[str, type[ExitPolicy]] = {}
 
 
 def first_exit(stop: np.ndarray) -> np.ndarray:
@@ -25,19 +33,70 @@ def first_exit(stop: np.ndarray) -> np.ndarray:
 class ExitPolicy(ABC):
     """Decides where each instance stops, from its per-layer features."""
 
-    name: str = "policy"
-    features: tuple[str, ...] = FEATURES
+    name: ClassVar[str] = "policy"
+    default_threshold: ClassVar[float] = 0.0
+    deployable: ClassVar[bool] = True  # False for oracles, which look at the answer
+
+    def __init__(self, features: tuple[str, ...] = FEATURES, threshold: float | None = None):
+        self.features = tuple(features)
+        self.threshold = self.default_threshold if threshold is None else float(threshold)
+        self.num_layers: int | None = None  # of the records it was fitted on
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.name] = cls
 
     def fit(self, records: LayerRecords) -> ExitPolicy:
         """Learn from the train split's (features_l, y_l) pairs; rules need no training."""
+        self.num_layers = records.num_layers
         return self
 
     @abstractmethod
+    def scores(self, records: LayerRecords) -> np.ndarray:
+        """Float [N, L]: how ready instance n is to stop after layer l."""
+
     def stop_mask(self, records: LayerRecords) -> np.ndarray:
         """Boolean [N, L]: may instance n stop after layer l?"""
+        return self.scores(records) > self.threshold
 
     def exit_layers(self, records: LayerRecords) -> np.ndarray:
         return first_exit(self.stop_mask(records))
+
+    # -- persistence -------------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        return {"features": list(self.features), "threshold": self.threshold}
+
+    def save(self, folder: Path) -> None:
+        """Write ``policy.json`` (+ a model file for learned policies) into ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"policy": self.name, "params": self.params(), "num_layers": self.num_layers}
+        meta["model_file"] = self._save_model(folder)
+        (folder / "policy.json").write_text(json.dumps(meta, indent=2))
+
+    def _save_model(self, folder: Path) -> str | None:  # noqa: B027 - optional hook
+        """Write the fitted model's file into ``folder``; return its name (None: no model)."""
+        return None
+
+    def _load_model(self, path: Path) -> None:  # noqa: B027 - optional hook
+        """Read back what :meth:`_save_model` wrote."""
+
+
+def load_policy(folder: Path) -> ExitPolicy:
+    """Rebuild a policy saved by :meth:`ExitPolicy.save` (only adainfer's own classes)."""
+    meta_path = Path(folder) / "policy.json"
+    if not meta_path.is_file():
+        raise AdaInferError(f"no saved policy at {folder}", "pass a folder written by save()")
+    meta = json.loads(meta_path.read_text())
+    cls = _REGISTRY.get(meta["policy"])
+    if cls is None:
+        raise AdaInferError(
+            f"unknown saved policy {meta['policy']!r}", f"known policies: {sorted(_REGISTRY)}"
+        )
+    policy = cls(**meta["params"])
+    policy.num_layers = meta["num_layers"]
+    if meta["model_file"]:
+        policy._load_model(Path(folder) / meta["model_file"])
+    return policy
 
 
 class NeverExit(ExitPolicy):
@@ -45,8 +104,8 @@ class NeverExit(ExitPolicy):
 
     name = "never"
 
-    def stop_mask(self, records: LayerRecords) -> np.ndarray:
-        return np.zeros((records.num_instances, records.num_layers), dtype=bool)
+    def scores(self, records: LayerRecords) -> np.ndarray:
+        return np.full((records.num_instances, records.num_layers), -np.inf)
 
 
 def single_class(labels: np.ndarray, policy: str) -> bool:

@@ -1,7 +1,14 @@
-"""A linear-chain CRF over the layer sequence (sklearn-crfsuite), as in the paper."""
+"""A linear-chain CRF over the layer sequence (sklearn-crfsuite), as in the paper.
+
+Decisions use the Viterbi labelling by default (stop at the first layer labelled 1); with a
+``threshold`` they use the posterior marginal P(y_l = 1) instead, which is also the score that
+trade-off curves sweep. The model is saved as crfsuite's own model file.
+"""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,38 +21,58 @@ from adainfer.policies.base import ExitPolicy, single_class
 def _sequences(records: LayerRecords, names: tuple[str, ...]) -> list[list[dict[str, float]]]:
     feats = records.features(names)
     return [
-        [
-            {name: float(value) for name, value in zip(names, layer, strict=False)}
-            for layer in instance
-        ]
-        for instance in feats
+        [{name: float(value) for name, value in zip(names, layer, strict=True)} for layer in seq]
+        for seq in feats
     ]
 
 
 class CRFPolicy(ExitPolicy):
-    """Labels every layer of an instance jointly; stop at the first layer labelled 1."""
-
     name = "crf"
+    default_threshold = 0.5
 
-    def __init__(self, features: tuple[str, ...] = FEATURES, **crf_kwargs: Any) -> None:
-        self.features = tuple(features)
+    def __init__(
+        self,
+        features: tuple[str, ...] = FEATURES,
+        threshold: float | None = None,
+        **crf_kwargs: Any,
+    ) -> None:
+        super().__init__(features, threshold)
+        self.viterbi = threshold is None
         self.crf_kwargs = {"algorithm": "lbfgs", "max_iterations": 100, **crf_kwargs}
-        self.model = None
+        self.model: sklearn_crfsuite.CRF | None = None
 
     def fit(self, records: LayerRecords) -> CRFPolicy:
+        super().fit(records)
         labels = records.labels
-        if single_class(labels, self.name):
-            self.model = None
-            return self
-        self.model = sklearn_crfsuite.CRF(**self.crf_kwargs)
-        self.model.fit(
-            _sequences(records, self.features), [[str(v) for v in row] for row in labels]
-        )
+        self.model = None
+        if not single_class(labels, self.name):
+            self.model = sklearn_crfsuite.CRF(**self.crf_kwargs)
+            tags = [[str(v) for v in row] for row in labels]
+            self.model.fit(_sequences(records, self.features), tags)
         return self
 
-    def stop_mask(self, records: LayerRecords) -> np.ndarray:
+    def scores(self, records: LayerRecords) -> np.ndarray:
         shape = (records.num_instances, records.num_layers)
         if self.model is None:
-            return np.zeros(shape, dtype=bool)
+            return np.full(shape, -np.inf)
+        marginals = self.model.predict_marginals(_sequences(records, self.features))
+        return np.array([[m.get("1", 0.0) for m in seq] for seq in marginals])
+
+    def stop_mask(self, records: LayerRecords) -> np.ndarray:
+        if self.model is None or not self.viterbi:
+            return super().stop_mask(records)
         predicted = self.model.predict(_sequences(records, self.features))
-        return np.array([[tag == "1" for tag in row] for row in predicted], dtype=bool)
+        return np.array([[tag == "1" for tag in seq] for seq in predicted], dtype=bool)
+
+    def params(self) -> dict[str, Any]:
+        threshold = None if self.viterbi else self.threshold
+        return {"features": list(self.features), "threshold": threshold, **self.crf_kwargs}
+
+    def _save_model(self, folder: Path) -> str | None:
+        if self.model is None:
+            return None
+        shutil.copyfile(self.model.modelfile.name, folder / "model.crfsuite")
+        return "model.crfsuite"
+
+    def _load_model(self, path: Path) -> None:
+        self.model = sklearn_crfsuite.CRF(model_filename=str(path), **self.crf_kwargs)

@@ -1,44 +1,112 @@
-"""SVM over per-layer features (scikit-learn SVC), the paper's recommended classifier."""
+"""Learned per-layer classifiers from scikit-learn: SVM (the paper's pick) and logistic
+regression. Each (instance, layer) pair is one sample with label y_l; a fitted model is saved
+with skops, never pickle."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.pipeline import make_pipeline
+import skops.io as sio
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from adainfer.errors import AdaInferError
 from adainfer.features import FEATURES, LayerRecords
 from adainfer.policies.base import ExitPolicy, single_class
 
+# What a saved model file may contain; anything else is refused on load.
+_TRUSTED = {
+    "sklearn.pipeline.Pipeline",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.svm._classes.SVC",
+    "sklearn.linear_model._logistic.LogisticRegression",
+}
 
-class SVMPolicy(ExitPolicy):
-    """Each (instance, layer) pair is one sample; stop where the SVM predicts y_l = 1."""
 
-    name = "svm"
+class SklearnPolicy(ExitPolicy):
+    """Common fit / score / save for scikit-learn classifiers over per-layer features."""
+
+    name = "sklearn"
 
     def __init__(
-        self, features: tuple[str, ...] = FEATURES, seed: int = 0, **svc_kwargs: Any
+        self,
+        features: tuple[str, ...] = FEATURES,
+        threshold: float | None = None,
+        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        self.features = tuple(features)
+        super().__init__(features, threshold)
         self.seed = seed
-        self.svc_kwargs = svc_kwargs
-        self.model = None
+        self.kwargs = kwargs
+        self.model: Pipeline | None = None
 
-    def fit(self, records: LayerRecords) -> SVMPolicy:
-        X = records.features(self.features).reshape(-1, len(self.features))
+    def _estimator(self):
+        raise NotImplementedError
+
+    def _X(self, records: LayerRecords) -> np.ndarray:
+        return records.features(self.features).reshape(-1, len(self.features))
+
+    def fit(self, records: LayerRecords) -> SklearnPolicy:
+        super().fit(records)
         y = records.labels.ravel()
-        if single_class(y, self.name):
-            self.model = None
-            return self
-        svc = SVC(random_state=self.seed, **self.svc_kwargs)
-        self.model = make_pipeline(StandardScaler(), svc).fit(X, y)
+        self.model = None
+        if not single_class(y, self.name):
+            self.model = make_pipeline(StandardScaler(), self._estimator()).fit(self._X(records), y)
         return self
 
-    def stop_mask(self, records: LayerRecords) -> np.ndarray:
+    def _raw_scores(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def scores(self, records: LayerRecords) -> np.ndarray:
         shape = (records.num_instances, records.num_layers)
+        if self.model is None:  # nothing was learnt: never exit
+            return np.full(shape, -np.inf)
+        return self._raw_scores(self._X(records)).reshape(shape)
+
+    def params(self) -> dict[str, Any]:
+        return super().params() | {"seed": self.seed, **self.kwargs}
+
+    def _save_model(self, folder: Path) -> str | None:
         if self.model is None:
-            return np.zeros(shape, dtype=bool)
-        X = records.features(self.features).reshape(-1, len(self.features))
-        return (self.model.predict(X) == 1).reshape(shape)
+            return None
+        sio.dump(self.model, folder / "model.skops")
+        return "model.skops"
+
+    def _load_model(self, path: Path) -> None:
+        types = set(sio.get_untrusted_types(file=path))
+        if types - _TRUSTED:
+            raise AdaInferError(
+                f"{path} holds types adainfer does not trust: {sorted(types - _TRUSTED)}",
+                "only load policies saved by adainfer",
+            )
+        self.model = sio.load(path, trusted=sorted(types))
+
+
+class SVMPolicy(SklearnPolicy):
+    """SVC; the score is the signed distance to the boundary, so threshold 0 == predict."""
+
+    name = "svm"
+    default_threshold = 0.0
+
+    def _estimator(self):
+        return SVC(random_state=self.seed, **self.kwargs)
+
+    def _raw_scores(self, X: np.ndarray) -> np.ndarray:
+        return self.model.decision_function(X)
+
+
+class LogRegPolicy(SklearnPolicy):
+    """Logistic regression; the score is P(y_l = 1), threshold 0.5."""
+
+    name = "logreg"
+    default_threshold = 0.5
+
+    def _estimator(self):
+        return LogisticRegression(random_state=self.seed, **self.kwargs)
+
+    def _raw_scores(self, X: np.ndarray) -> np.ndarray:
+        return self.model.predict_proba(X)[:, 1]

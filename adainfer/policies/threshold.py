@@ -10,9 +10,7 @@ from adainfer.policies.base import ExitPolicy
 
 class GapThreshold(ExitPolicy):
     name = "gap"
+    default_threshold = 0.8
 
-    def __init__(self, threshold: float = 0.8) -> None:
-        self.threshold = threshold
-
-    def stop_mask(self, records: LayerRecords) -> np.ndarray:
-        return records.gap > self.threshold
+    def scores(self, records: LayerRecords) -> np.ndarray:
+        return records.gap

@@ -1,0 +1,126 @@
+"""Layer-trace store: run the LLM once per setting, evaluate every policy on the records.
+
+A trace is the per-layer records of one split of one task under one model, prompt setting and
+probe. It is stored as Parquet, named by a hash of exactly the settings that produced it plus
+the model's identity and the token ids and gold tokens themselves, so a different setting can
+never reuse it. Writes go to a temporary file renamed into place; a file that is truncated,
+unreadable or does not match its key is deleted and recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from adainfer.encoding import EncodedPrompts
+from adainfer.features import RECORD_VERSION, LayerRecords
+
+log = logging.getLogger(__name__)
+
+_META = b"adainfer.trace"
+
+
+def data_digest(encoded: EncodedPrompts) -> str:
+    """Hash of the exact model inputs and targets: token ids and gold tokens."""
+    digest = hashlib.sha256()
+    for ids in encoded.input_ids:
+        digest.update(np.asarray(ids, dtype=np.int64).tobytes())
+        digest.update(b"|")
+    digest.update(encoded.gold.astype(np.int64).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TraceKey:
+    """Everything that determines a trace's content."""
+
+    model: str
+    model_identity: str
+    task: str
+    split: str
+    shots: int
+    seed: int
+    instances: int
+    data: str  # data_digest of the encoded prompts
+    probe: str = "logit_lens"
+    record_version: str = RECORD_VERSION
+
+    def digest(self) -> str:
+        payload = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(payload).hexdigest()[:32]
+
+
+class TraceStore:
+    """Parquet files under ``root``, one per :class:`TraceKey`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, key: TraceKey) -> Path:
+        return self.root / f"{key.task}-{key.split}-{key.digest()}.parquet"
+
+    def get(self, key: TraceKey) -> LayerRecords | None:
+        """The stored records, or None if absent or damaged (a damaged file is removed)."""
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            table = pq.read_table(path)
+            meta = json.loads(table.schema.metadata[_META])
+            records = LayerRecords.from_frame(table.to_pandas())
+            if meta["key"] != asdict(key) or records.num_instances != key.instances:
+                raise ValueError("its key or size does not match")
+            if meta["checksum"] != _checksum(records):
+                raise ValueError("its content checksum does not match")
+        except Exception as err:  # noqa: BLE001 - any damage means: recompute
+            log.warning("trace %s is unusable (%s); recomputing it", path.name, err)
+            path.unlink(missing_ok=True)
+            return None
+        return records
+
+    def put(self, key: TraceKey, records: LayerRecords) -> Path:
+        """Store atomically: readers see the whole file or none."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pandas(records.to_frame(), preserve_index=False)
+        meta = {"key": asdict(key), "checksum": _checksum(records)}
+        table = table.replace_schema_metadata({_META: json.dumps(meta).encode()})
+        fd, tmp = tempfile.mkstemp(prefix=".trace-", suffix=".tmp", dir=self.root)
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, self.path(key))
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return self.path(key)
+
+    def get_or_compute(self, key: TraceKey, compute: Callable[[], LayerRecords]) -> LayerRecords:
+        records = self.get(key)
+        if records is not None:
+            self.hits += 1
+            return records
+        self.misses += 1
+        records = compute()
+        self.put(key, records)
+        return records
+
+
+def _checksum(records: LayerRecords) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(records.values):
+        digest.update(np.ascontiguousarray(records.values[name], dtype=np.float32).tobytes())
+    for array in (records.argmax, records.gold, records.seq_len):
+        digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,92 @@
+"""Exit policies: the oracles' guarantees, thresholds, and save / reload."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_units import _records
+
+from adainfer.errors import AdaInferError
+from adainfer.evaluate import apply_exits
+from adainfer.policies import (
+    CRFPolicy,
+    GapThreshold,
+    LogRegPolicy,
+    NeverExit,
+    OracleConsistent,
+    OracleGold,
+    SVMPolicy,
+    load_policy,
+)
+
+
+def _flippy(seed: int = 2):
+    """Records whose predictions change back and forth before settling."""
+    rec = _records(seed)
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 3, rec.argmax.shape)
+    rec.argmax = np.where(rng.random(rec.argmax.shape) < 0.3, noise, rec.argmax)
+    return rec
+
+
+def test_oracle_consistent_keeps_full_model_output():
+    rec = _flippy()
+    result = apply_exits(rec, OracleConsistent().exit_layers(rec))
+    assert np.array_equal(result.prediction, result.full_prediction)
+    assert result.exit_layer.mean() < rec.num_layers
+    # Earliest: one layer sooner would change the output wherever it exits above layer 1.
+    earlier = np.maximum(result.exit_layer - 1, 1)
+    moved = result.exit_layer > 1
+    before = rec.argmax[np.arange(rec.num_instances), earlier - 1]
+    assert (before[moved] != result.full_prediction[moved]).all()
+
+
+def test_oracle_gold_is_right_wherever_any_layer_is():
+    rec = _flippy()
+    result = apply_exits(rec, OracleGold().exit_layers(rec))
+    ever_right = rec.labels.any(axis=1)
+    assert (result.prediction[ever_right] == rec.gold[ever_right]).all()
+    assert np.mean(result.prediction == rec.gold) >= np.mean(result.full_prediction == rec.gold)
+
+
+def test_svm_threshold_zero_is_its_prediction():
+    train, test = _records(0), _records(1)
+    policy = SVMPolicy().fit(train)
+    predicted = policy.model.predict(test.features(policy.features).reshape(-1, 2)) == 1
+    assert np.array_equal(policy.stop_mask(test).ravel(), predicted)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        SVMPolicy(C=0.5),
+        LogRegPolicy(),
+        CRFPolicy(),
+        CRFPolicy(threshold=0.3),
+        GapThreshold(),
+        NeverExit(),
+        OracleConsistent(),
+    ],
+)
+def test_saved_policies_reload_and_predict_identically(policy, tmp_path):
+    train, test = _flippy(0), _flippy(1)
+    policy.fit(train)
+    policy.save(tmp_path / "p")
+    files = {p.name for p in (tmp_path / "p").iterdir()}
+    assert not any(name.endswith((".pkl", ".pickle", ".joblib")) for name in files)
+    again = load_policy(tmp_path / "p")
+    assert type(again) is type(policy) and again.num_layers == train.num_layers
+    assert np.array_equal(again.exit_layers(test), policy.exit_layers(test))
+    np.testing.assert_allclose(again.scores(test), policy.scores(test))
+
+
+def test_untrusted_model_file_is_refused(tmp_path):
+    import json
+
+    import skops.io as sio
+    from sklearn.preprocessing import FunctionTransformer
+
+    SVMPolicy().fit(_records(0)).save(tmp_path)
+    sio.dump(FunctionTransformer(func=json.dumps), tmp_path / "model.skops")  # code, not data
+    with pytest.raises(AdaInferError, match="does not trust"):
+        load_policy(tmp_path)
