@@ -72,3 +72,19 @@ def log_tables(tables: dict[str, pd.DataFrame], config_yaml: str) -> None:
             path = Path(tmp) / f"{name}.parquet"
             frame.to_parquet(path, index=False)
             mlflow.log_artifact(str(path))
+
+
+def load_run_policy(run_id: str, tracking_uri: str | None = None):
+    """The fitted exit policy a run saved (its ``policy/`` artifact), ready to use."""
+    from adainfer.policies import load_policy
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    try:
+        folder = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="policy")
+    except Exception as err:  # noqa: BLE001 - unknown run, no artifact, store unreachable
+        raise AdaInferError(
+            f"cannot fetch the policy of MLflow run {run_id!r}: {err}",
+            "pass the id of a finished adainfer run (see `mlflow ui` or scripts/show_runs.py)",
+        ) from None
+    return load_policy(Path(folder))

@@ -1,0 +1,99 @@
+"""Full-model and AdaInfer (SVM) accuracy and FLOPs ratio for every task of the paper.
+
+Runs the pipeline for each task at each shot count (tracked in MLflow like any job, with layer
+traces cached), then prints a Markdown table with the paper's group averages and writes it to
+``--out``. Needs the data sets: ``ADAINFER_DATA_DIR`` (or ../shared/data beside the repo).
+
+    python scripts/task_table.py --model smollm2_135m --shots 0 5 --n 100 --out docs/TASKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+from hydra import compose, initialize_config_dir
+
+from adainfer import pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+GROUPS = {
+    "qa": ["mmlu", "commonsense_qa", "squad"],
+    "classification": ["sst2", "ag_news"],
+    "rules": ["rules"],  # a suite: one row per member task
+}
+
+
+def run_one(overrides: list[str]) -> dict[str, float]:
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return pipeline.run(cfg)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2_135m")
+    parser.add_argument("--classifier", default="svm")
+    parser.add_argument("--shots", type=int, nargs="+", default=[0, 5])
+    parser.add_argument("--n", type=int, default=100, help="train and test instances per task")
+    parser.add_argument("--experiment", default="task-table")
+    parser.add_argument("--out", default=None, help="also write the Markdown table here")
+    args = parser.parse_args()
+    os.environ.setdefault("ADAINFER_DATA_DIR", str(REPO.parent / "shared" / "data"))
+
+    rows = []
+    for group, tasks in GROUPS.items():
+        for task in tasks:
+            for shots in args.shots:
+                overrides = [
+                    f"model={args.model}",
+                    f"task={task}",
+                    f"classifier={args.classifier}",
+                    f"shots={shots}",
+                    f"task.n_train={args.n}",
+                    f"task.n_test={args.n}",
+                    f"mlflow.experiment={args.experiment}",
+                ]
+                metrics = run_one(overrides)
+                members = sorted({k.split("/")[0] for k in metrics if "/" in k}) or [task]
+                for member in members:
+                    prefix = f"{member}/" if member != task else ""
+                    rows.append(
+                        {
+                            "group": group,
+                            "task": member,
+                            "shots": shots,
+                            "acc_full": metrics[f"{prefix}acc_full"],
+                            "acc": metrics[f"{prefix}acc"],
+                            "flops_ratio": metrics[f"{prefix}flops_ratio"],
+                            "exit_layer_mean": metrics[f"{prefix}exit_layer_mean"],
+                        }
+                    )
+    table = pd.DataFrame(rows)
+    avg = table.groupby(["group", "shots"], as_index=False)[
+        ["acc_full", "acc", "flops_ratio", "exit_layer_mean"]
+    ].mean()
+    avg["task"] = "**Avg**"
+    table = pd.concat([table, avg], ignore_index=True)
+    order = {g: i for i, g in enumerate(GROUPS)}
+    table = table.sort_values(
+        ["group", "shots", "task"], key=lambda c: c.map(order) if c.name == "group" else c
+    )
+    command = " ".join(["python", "scripts/task_table.py", *sys.argv[1:]])
+    text = (
+        f"Model `{args.model}`, classifier `{args.classifier}`, {args.n} train (fits the "
+        f"classifier, supplies demonstrations) and {args.n} test instances per task "
+        f"(seeded sample).\n\nMade by: `{command}`\n\n"
+        + table.to_markdown(index=False, floatfmt=".3f")
+        + "\n"
+    )
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

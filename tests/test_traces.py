@@ -1,0 +1,176 @@
+"""Compute once, decide many times: the trace store and the policies that read it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose_cfg
+
+from adainfer import pipeline, tracking
+from adainfer.features import LayerRecords, probe_layers
+from adainfer.policies import SVMPolicy
+from adainfer.tasks import RuleTask
+from adainfer.traces import TraceKey, TraceStore, data_digest
+
+
+def _cfg(tracking_uri, tmp_path, experiment, *extra):
+    return compose_cfg(
+        [
+            "model=tiny_llama",
+            "task.n_train=16",
+            "task.n_test=8",
+            "shots=2",
+            f"traces.dir={tmp_path / 'traces'}",
+            f"mlflow.tracking_uri={tracking_uri}",
+            f"mlflow.experiment={experiment}",
+            *extra,
+        ]
+    )
+
+
+def _runs(tracking_uri, experiment):
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.search_runs(experiment_names=[experiment], order_by=["start_time ASC"])
+
+
+@pytest.fixture
+def encoded(tiny_llama):
+    task = RuleTask(n_train=12, n_test=6)
+    return pipeline.prepare(task, task.load(), tiny_llama, 2, 0)
+
+
+def _key(encoded, **changes) -> TraceKey:
+    fields = dict(
+        model="tiny_llama",
+        model_identity="tiny:abc",
+        task="t",
+        split="train",
+        shots=2,
+        seed=0,
+        instances=len(encoded.input_ids),
+        data=data_digest(encoded),
+    )
+    return TraceKey(**(fields | changes))
+
+
+def test_frame_round_trip(tiny_llama, encoded):
+    records = pipeline.evaluate(tiny_llama, SVMPolicy(), *encoded, batch_size=4).test
+    again = LayerRecords.from_frame(records.to_frame())
+    assert np.array_equal(again.argmax, records.argmax) and np.array_equal(again.gold, records.gold)
+    for name, values in records.values.items():
+        assert np.array_equal(again.values[name], values)
+
+
+def test_trace_reused_only_for_identical_settings(tiny_llama, encoded, tmp_path):
+    from adainfer.runner import extract_records
+
+    store = TraceStore(tmp_path)
+    train, _ = encoded
+    key = _key(train)
+    first = store.get_or_compute(key, lambda: extract_records(tiny_llama, train, 4))
+    assert store.get(key) is not None and store.misses == 1
+    for change in (
+        {"shots": 3},
+        {"seed": 1},
+        {"split": "test"},
+        {"model_identity": "tiny:other"},
+        {"probe": "tuned"},
+        {"instances": 11},
+        {"data": "0" * 64},
+    ):
+        assert store.get(_key(train, **change)) is None, change
+    # Different prompts (another seed's demonstrations) give another data digest.
+    task = RuleTask(n_train=12, n_test=6)
+    other, _ = pipeline.prepare(task, task.load(), tiny_llama, 2, 5)
+    assert data_digest(other) != data_digest(train)
+    again = store.get_or_compute(key, lambda: pytest.fail("must not recompute"))
+    assert np.array_equal(again.argmax, first.argmax) and store.hits == 1
+
+
+def test_truncated_or_corrupt_trace_is_recomputed(tiny_llama, encoded, tmp_path, caplog):
+    from adainfer.runner import extract_records
+
+    store = TraceStore(tmp_path)
+    train, _ = encoded
+    key = _key(train)
+    store.put(key, extract_records(tiny_llama, train, 4))
+    path = store.path(key)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert store.get(key) is None and not path.exists()
+    assert "unusable" in caplog.text
+    calls = []
+    store.get_or_compute(key, lambda: calls.append(1) or extract_records(tiny_llama, train, 4))
+    assert calls == [1] and store.get(key) is not None
+    assert not list(tmp_path.glob(".trace-*"))  # no temporary leftovers
+
+
+def test_second_policy_reads_traces_without_loading_weights(tracking_uri, tmp_path, monkeypatch):
+    first = pipeline.run(_cfg(tracking_uri, tmp_path, "reuse", "classifier=never"))
+    loads = []
+    from adainfer.models.loading import LoadedModel
+
+    original = LoadedModel.model.fget
+    monkeypatch.setattr(
+        LoadedModel, "model", property(lambda self: loads.append(1) or original(self))
+    )
+    second = pipeline.run(_cfg(tracking_uri, tmp_path, "reuse", "classifier=oracle_consistent"))
+    assert loads == []  # the LLM was not even loaded
+    assert second["acc"] == first["acc"] == first["acc_full"]  # output unchanged by the oracle
+    assert second["flops_ratio"] <= 1.0
+    runs = _runs(tracking_uri, "reuse")
+    assert runs["tags.llm_forward"].tolist() == ["computed", "trace_store"]
+    # A different setting (shots) is computed afresh.
+    pipeline.run(_cfg(tracking_uri, tmp_path, "reuse", "classifier=never", "shots=1"))
+    assert loads and _runs(tracking_uri, "reuse")["tags.llm_forward"].iloc[-1] == "computed"
+
+
+def test_policy_reloads_from_its_run(tracking_uri, tmp_path, tiny_llama):
+    pipeline.run(_cfg(tracking_uri, tmp_path, "reload", "classifier=logreg", "feature_set=all"))
+    run = _runs(tracking_uri, "reload").iloc[0]
+    policy = tracking.load_run_policy(run.run_id, tracking_uri)
+    assert policy.name == "logreg" and len(policy.features) == 5
+    # Identical decisions on the run's own test records (read back from its artifacts).
+    import mlflow
+    import pandas as pd
+
+    client = mlflow.MlflowClient(tracking_uri)
+    table = pd.read_parquet(client.download_artifacts(run.run_id, "layer_features.parquet"))
+    exits = pd.read_parquet(client.download_artifacts(run.run_id, "test_exits.parquet"))
+    test = LayerRecords.from_frame(table[table.split == "test"].drop(columns=["split", "label"]))
+    assert policy.exit_layers(test).tolist() == exits.exit_layer.tolist()
+    assert {"tradeoff.parquet", "policy"} <= {a.path for a in client.list_artifacts(run.run_id)}
+
+
+def test_generalization_settings(tracking_uri, tmp_path):
+    inter_task = _cfg(tracking_uri, tmp_path, "gen", "+task@fit.tasks.prev=synthetic_prev_item")
+    pipeline.run(inter_task)
+    multi = _cfg(
+        tracking_uri,
+        tmp_path,
+        "gen",
+        "+task@fit.tasks.prev=synthetic_prev_item",
+        "fit.include_own=true",
+    )
+    pipeline.run(multi)
+    inter_model = _cfg(tracking_uri, tmp_path, "gen", "+model@fit.model=tiny_opt")
+    pipeline.run(inter_model)
+    runs = _runs(tracking_uri, "gen")
+    assert set(runs.status) == {"FINISHED"}
+    prev = "synthetic_prev_item"
+    assert runs["params.fit_tasks"].tolist() == [prev, prev, "own"]
+    assert runs["params.fit_model"].tolist() == ["tiny_llama", "tiny_llama", "tiny_opt"]
+
+
+def test_cosine_features_match_library_hidden_states(tiny_llama):
+    enc = tiny_llama.tokenizer(["Q: b\nA: c\n\nQ: e\nA:"], return_tensors="pt")
+    feats = probe_layers(tiny_llama.parts, enc.input_ids, enc.attention_mask)
+    with torch.no_grad():
+        hs = tiny_llama.model(**enc, output_hidden_states=True).hidden_states
+    for layer in range(1, tiny_llama.num_layers):  # hidden_states[L] is normed; skip it
+        expected = torch.cosine_similarity(hs[layer][0, -1], hs[layer - 1][0, -1], dim=0)
+        assert feats["cos_hidden"][0, layer - 1] == pytest.approx(float(expected), abs=1e-5)
+    assert (feats["cos_attn"][:, 0] == 0).all()
+    assert (feats["cos_mlp"][:, 1:].abs() <= 1 + 1e-6).all()
