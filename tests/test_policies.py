@@ -90,3 +90,17 @@ def test_untrusted_model_file_is_refused(tmp_path):
     sio.dump(FunctionTransformer(func=json.dumps), tmp_path / "model.skops")  # code, not data
     with pytest.raises(AdaInferError, match="does not trust"):
         load_policy(tmp_path)
+
+
+def test_tradeoff_curve_orders_cost_by_threshold():
+    from adainfer.tradeoff import tradeoff_curve
+
+    train, test = _flippy(0), _flippy(1)
+    curve = tradeoff_curve(LogRegPolicy().fit(train), test, hidden_size=64, vocab_size=1000)
+    sweep = curve[curve.policy == "logreg"].sort_values("threshold")
+    assert len(sweep) > 3
+    assert np.all(np.diff(sweep.flops_ratio.to_numpy()) >= -1e-12)  # stricter = later exits
+    refs = curve[curve.threshold.isna()].set_index("policy")
+    assert refs.loc["never", "flops_ratio"] == pytest.approx(1.0)
+    assert refs.loc["oracle_consistent", "acc"] == refs.loc["never", "acc"]
+    assert refs.loc["oracle_gold", "acc"] >= refs.loc["never", "acc"]
