@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 
 from adainfer.errors import AdaInferError
 from adainfer.tasks.base import Example, Splits
-from adainfer.tasks.data import sampled_splits
+from adainfer.tasks.data import DataTask, sampled_splits
 from adainfer.tasks.hub import Source, load_rows
-from adainfer.tasks.prompts import PromptTemplate
 
 SST2_WORDS = ["negative", "positive"]
 AG_NEWS_WORDS = ["World", "Sports", "Business", "Sci/Tech"]
@@ -88,19 +87,14 @@ def check_label_words(task: str, words: list[str], default: list[str]) -> list[s
 
 
 @dataclass
-class SST2Task:
+class SST2Task(DataTask):
     """SST-2 sentiment (GLUE): train = train (67,349 rows), test = validation (872).
 
     Answer: ``label_words[label]``, by default negative / positive.
     """
 
     name: str = "sst2"
-    data_dir: str | None = None
     label_words: list[str] = field(default_factory=lambda: list(SST2_WORDS))
-    split_seed: int = 42
-    n_train: int | None = None
-    n_test: int | None = None
-    template: PromptTemplate = field(default_factory=PromptTemplate)
 
     @property
     def labels(self) -> list[str]:
@@ -115,7 +109,7 @@ class SST2Task:
 
 
 @dataclass
-class AGNewsTask:
+class AGNewsTask(DataTask):
     """AG News topic: train = train (locally the 5,000-row subset), test = test (7,600 rows).
 
     Answer: ``label_words[label]``, by default World / Sports / Business / Sci/Tech; set
@@ -123,12 +117,7 @@ class AGNewsTask:
     """
 
     name: str = "ag_news"
-    data_dir: str | None = None
     label_words: list[str] = field(default_factory=lambda: list(AG_NEWS_WORDS))
-    split_seed: int = 42
-    n_train: int | None = None
-    n_test: int | None = None
-    template: PromptTemplate = field(default_factory=PromptTemplate)
 
     @property
     def labels(self) -> list[str]:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from adainfer.errors import AdaInferError
 from adainfer.tasks.base import Example, Splits, cap, check_examples, shuffled_split
+from adainfer.tasks.prompts import PromptTemplate
 
 DATA_ENV = "ADAINFER_DATA_DIR"
 
@@ -94,3 +96,14 @@ def sampled_splits(
     check_examples(task, "train", splits.train)
     check_examples(task, "test", splits.test)
     return splits
+
+
+@dataclass(kw_only=True)
+class DataTask:
+    """The settings every data-backed task shares (keys of conf/task/*.yaml)."""
+
+    data_dir: str | None = None  # local JSONL root; None: $ADAINFER_DATA_DIR, else the hub
+    split_seed: int = 42  # shuffles the splits before the caps
+    n_train: int | None = None  # cap on train instances (None: all)
+    n_test: int | None = None  # cap on test instances (None: all)
+    template: PromptTemplate = field(default_factory=PromptTemplate)

@@ -7,13 +7,12 @@ Layout: ``<data_dir>/function_vectors/{abstractive,extractive}/<name>.jsonl`` wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from adainfer.errors import AdaInferError
 from adainfer.tasks.base import Example, Splits, cap, check_examples, shuffled_split
-from adainfer.tasks.data import read_jsonl, resolve_data_dir
-from adainfer.tasks.prompts import PromptTemplate
+from adainfer.tasks.data import DataTask, read_jsonl, resolve_data_dir
 
 GROUPS = ("abstractive", "extractive")
 
@@ -30,15 +29,10 @@ def available_tasks(data_dir: str | Path | None = None) -> list[str]:
 
 
 @dataclass
-class FunctionVectorsTask:
+class FunctionVectorsTask(DataTask):
     """One Function Vectors task by name (e.g. ``antonym``, ``country-capital``)."""
 
     name: str
-    data_dir: str | None = None
-    split_seed: int = 42
-    n_train: int | None = None
-    n_test: int | None = None
-    template: PromptTemplate = field(default_factory=PromptTemplate)
 
     @property
     def labels(self) -> None:

@@ -17,13 +17,12 @@ so a cap samples across MMLU subjects and SQuAD articles (see :func:`sampled_spl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from adainfer.errors import AdaInferError
 from adainfer.tasks.base import Example, Splits, shuffled_split
-from adainfer.tasks.data import local_root, sampled_splits
+from adainfer.tasks.data import DataTask, local_root, sampled_splits
 from adainfer.tasks.hub import Source, load_hub_split, load_rows
-from adainfer.tasks.prompts import PromptTemplate
 
 LETTERS = "ABCDE"
 
@@ -192,7 +191,7 @@ def squad_example(row: dict) -> Example:
 
 
 @dataclass
-class MMLUTask:
+class MMLUTask(DataTask):
     """MMLU, 4-way multiple choice over 57 subjects (all by default, or ``subjects``).
 
     Train (the demonstration pool, and what the exit classifier is fitted on) is the dev split
@@ -202,11 +201,6 @@ class MMLUTask:
 
     name: str = "mmlu"
     subjects: list[str] | None = None
-    data_dir: str | None = None
-    split_seed: int = 42
-    n_train: int | None = None
-    n_test: int | None = None
-    template: PromptTemplate = field(default_factory=PromptTemplate)
 
     @property
     def labels(self) -> list[str]:
@@ -253,18 +247,13 @@ class MMLUTask:
 
 
 @dataclass
-class CommonsenseQATask:
+class CommonsenseQATask(DataTask):
     """CommonsenseQA, 5-way multiple choice: train = train (9,741), test = validation (1,221).
 
     Answer: the letter A-E.
     """
 
     name: str = "commonsense_qa"
-    data_dir: str | None = None
-    split_seed: int = 42
-    n_train: int | None = None
-    n_test: int | None = None
-    template: PromptTemplate = field(default_factory=PromptTemplate)
 
     @property
     def labels(self) -> list[str]:
@@ -278,7 +267,7 @@ class CommonsenseQATask:
 
 
 @dataclass
-class SquadTask:
+class SquadTask(DataTask):
     """SQuAD v1.1, extractive QA with free-form answers (``labels`` is None).
 
     From the hub: train = train, test = validation. Locally only validation (10,570 rows)
@@ -288,12 +277,7 @@ class SquadTask:
     """
 
     name: str = "squad"
-    data_dir: str | None = None
     train_fraction: float = 0.5
-    split_seed: int = 42
-    n_train: int | None = None
-    n_test: int | None = None
-    template: PromptTemplate = field(default_factory=PromptTemplate)
 
     @property
     def labels(self) -> None:
