@@ -167,6 +167,7 @@ class _Records:
             seed=self.cfg.seed,
             instances=len(encoded.input_ids),
             data=data_digest(encoded),
+            precision=f"{loaded.dtype}|{self.cfg.trainer.precision}",
         )
         return self.store.get_or_compute(key, compute)
 

@@ -52,6 +52,7 @@ class TraceKey:
     seed: int
     instances: int
     data: str  # data_digest of the encoded prompts
+    precision: str = "default"  # weights dtype and trainer precision: both change the numbers
     probe: str = "logit_lens"
     record_version: str = RECORD_VERSION
 

@@ -78,6 +78,7 @@ def test_trace_reused_only_for_identical_settings(tiny_llama, encoded, tmp_path)
         {"split": "test"},
         {"model_identity": "tiny:other"},
         {"probe": "tuned"},
+        {"precision": "bfloat16|None"},
         {"instances": 11},
         {"data": "0" * 64},
     ):

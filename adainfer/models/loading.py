@@ -49,8 +49,10 @@ class LoadedModel:
         config: Any,
         identity: str,
         weights: Callable[[], Any],
+        dtype: str = "float32",
     ) -> None:
         self.name = name
+        self.dtype = dtype  # of the weights, as configured
         self.tokenizer = tokenizer
         self.config = config
         self.identity = identity  # stable id of the weights (file hash, hub id@rev, tiny hash)
@@ -157,7 +159,7 @@ class PackagedGGUFModel:
             return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
 
         config = AutoConfig.from_pretrained(folder)
-        return LoadedModel(self.name, tokenizer, config, identity, weights)
+        return LoadedModel(self.name, tokenizer, config, identity, weights, self.dtype)
 
 
 @dataclass
@@ -206,7 +208,8 @@ class HubModel:
             except OSError as err:
                 raise self._unreachable(err) from None
 
-        return LoadedModel(self.name, _prepare_tokenizer(tokenizer), config, identity, weights)
+        tokenizer = _prepare_tokenizer(tokenizer)
+        return LoadedModel(self.name, tokenizer, config, identity, weights, self.dtype)
 
 
 @dataclass
