@@ -239,6 +239,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "model_identity": loaded.identity[:250],
         "fit_tasks": ",".join(t.name for t in fit_tasks.values()) or "own",
         "fit_model": fit_loaded.name,
+        "fit_include_own": bool(cfg.fit.include_own),
     }
     records = _Records(cfg)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
