@@ -19,6 +19,10 @@ def main() -> None:
     parser.add_argument("--experiment", default="adainfer")
     parser.add_argument("--tracking-uri", default=None, help="default: MLflow's own default")
     parser.add_argument("--csv", default=None, help="also write the table here")
+    parser.add_argument("--metrics", nargs="+", default=METRICS, help="metric columns to show")
+    parser.add_argument(
+        "--no-suites", action="store_true", help="leave out suite parents (keep per-task runs)"
+    )
     args = parser.parse_args()
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)
@@ -27,7 +31,10 @@ def main() -> None:
         raise SystemExit(
             f"no runs in experiment {args.experiment!r} at {mlflow.get_tracking_uri()}"
         )
-    columns = ["status"] + [f"params.{p}" for p in PARAMS] + [f"metrics.{m}" for m in METRICS]
+    if args.no_suites and "params.suite_tasks" in runs:
+        runs = runs[runs["params.suite_tasks"].isna()]
+    runs = runs.sort_values([c for c in ("params.shots", "params.task") if c in runs])
+    columns = ["status"] + [f"params.{p}" for p in PARAMS] + [f"metrics.{m}" for m in args.metrics]
     table = runs[[c for c in columns if c in runs]].rename(columns=lambda c: c.split(".")[-1])
     print(table.to_markdown(index=False, floatfmt=".3f"))
     if args.csv:
