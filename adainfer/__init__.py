@@ -5,6 +5,7 @@ Usable without Hydra::
     from adainfer import PackagedGGUFModel, RuleTask, SVMPolicy, prepare, evaluate
 """
 
+from adainfer.engine import EarlyExitEngine, FixedExit
 from adainfer.errors import AdaInferError
 from adainfer.features import LayerRecords, probe_layers
 from adainfer.flops import flops_ratio
@@ -18,7 +19,9 @@ __version__ = "0.1.0"
 __all__ = [
     "AdaInferError",
     "CRFPolicy",
+    "EarlyExitEngine",
     "ExitPolicy",
+    "FixedExit",
     "FunctionVectorsTask",
     "GapThreshold",
     "HubModel",

@@ -25,8 +25,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from adainfer import tracking
+from adainfer import costs, tracking
 from adainfer.encoding import EncodedPrompts, check_label_tokens, encode_prompts
+from adainfer.engine import check_online
 from adainfer.errors import AdaInferError
 from adainfer.evaluate import ExitResult, apply_exits, layer_accuracy
 from adainfer.features import FEATURE_SETS, LayerRecords
@@ -204,6 +205,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     model_spec = _build(cfg.model, "model")
     task = _build(cfg.task, "task")
     policy = _build(cfg.classifier, "classifier", features=_features(cfg.feature_set))
+    if cfg.engine:
+        check_online(policy)
     fit_tasks = {k: _build(node, "fit.tasks") for k, node in (cfg.fit.tasks or {}).items()}
     fit_spec = _build(cfg.fit.model, "fit.model") if cfg.fit.model else None
 
@@ -236,6 +239,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "hidden_size": loaded.hidden_size,
         "vocab_size": loaded.vocab_size,
         "batch_size": cfg.batch_size,
+        "engine": bool(cfg.engine),
         "model_identity": loaded.identity[:250],
         "fit_tasks": ",".join(t.name for t in fit_tasks.values()) or "own",
         "fit_model": fit_loaded.name,
@@ -266,6 +270,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
             records(loaded, name, "test", test),
             loaded,
         )
+        if cfg.engine:
+            outcome.metrics |= costs.engine_metrics(
+                loaded,
+                outcome.policy,
+                test.input_ids,
+                cfg.batch_size,
+                trace_exits=outcome.result.exit_layer,
+                gold=test.gold,
+            )
         outcome.metrics["prompts_truncated"] = float(train.truncated + test.truncated)
         outcome.metrics["demos_dropped"] = float(train.dropped_demos + test.dropped_demos)
         ran = records.store is None or records.store.misses > misses

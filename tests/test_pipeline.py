@@ -10,6 +10,7 @@ import torch
 from conftest import compose_cfg
 
 from adainfer import pipeline
+from adainfer.errors import AdaInferError
 from adainfer.policies import NeverExit, SVMPolicy
 from adainfer.tasks import RuleTask
 
@@ -93,3 +94,17 @@ def test_default_job_logs_everything(tracking_uri, tmp_path):
     assert [m.step for m in layer_acc] == list(range(1, 31))
     # The last layer's accuracy is the full model's accuracy.
     assert layer_acc[-1].value == pytest.approx(metrics["acc_full"])
+
+
+def test_engine_mode_logs_online_exits(tracking_uri):
+    common = ["model=tiny_llama", "shots=3", "task.n_train=20", "task.n_test=12", "engine=true"]
+    uri = [f"mlflow.tracking_uri={tracking_uri}", "mlflow.experiment=engine"]
+    metrics = pipeline.run(compose_cfg([*common, *uri, "classifier=logreg"]))
+    assert metrics["engine_trace_agreement"] == 1.0
+    assert metrics["engine_acc"] == pytest.approx(metrics["acc"])
+    assert metrics["engine_exit_layer_mean"] == pytest.approx(metrics["exit_layer_mean"])
+    assert metrics["engine_seconds"] > 0 and metrics["engine_flops_ratio"] > 0
+    with pytest.raises(AdaInferError, match="'crf' cannot run in the early-exit engine"):
+        pipeline.run(compose_cfg([*common, *uri, "classifier=crf"]))
+    runs = _runs(tracking_uri, "engine")
+    assert len(runs) == 1  # the refused CRF job opened no run

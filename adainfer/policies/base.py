@@ -36,6 +36,9 @@ class ExitPolicy(ABC):
     name: ClassVar[str] = "policy"
     default_threshold: ClassVar[float] = 0.0
     deployable: ClassVar[bool] = True  # False for oracles, which look at the answer
+    # True when the decision at layer l reads layer l's features only, so the early-exit
+    # engine (adainfer.engine) can run the policy online; False for sequence models (CRF).
+    causal: ClassVar[bool] = False
 
     def __init__(self, features: tuple[str, ...] = FEATURES, threshold: float | None = None):
         self.features = tuple(features)
@@ -103,6 +106,7 @@ class NeverExit(ExitPolicy):
     """The full model: never stops early."""
 
     name = "never"
+    causal = True
 
     def scores(self, records: LayerRecords) -> np.ndarray:
         return np.full((records.num_instances, records.num_layers), -np.inf)

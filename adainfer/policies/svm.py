@@ -31,6 +31,7 @@ class SklearnPolicy(ExitPolicy):
     """Common fit / score / save for scikit-learn classifiers over per-layer features."""
 
     name = "sklearn"
+    causal = True  # one sample per (instance, layer): layer l's features only
 
     def __init__(
         self,

@@ -10,6 +10,7 @@ from adainfer.policies.base import ExitPolicy
 
 class GapThreshold(ExitPolicy):
     name = "gap"
+    causal = True
     default_threshold = 0.8
 
     def scores(self, records: LayerRecords) -> np.ndarray:

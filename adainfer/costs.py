@@ -1,0 +1,328 @@
+"""What an early-exit run really costs: Eq. 2, the FLOPs actually computed, and wall time.
+
+(a) ``eq2_ratio`` — the paper's Eq. 2 (``adainfer.flops``): layers to the exit layer plus one
+LM head, over the full depth plus one LM head, per instance, averaged.
+
+(b) ``flops_ratio`` — the multiply-adds (2 FLOPs each) the engine actually executed, from its
+work log, over those of the full model on the same padded batches. Per row of width ``s``
+(the batch's padded length, since padded positions are computed too):
+
+    layer(s)   = 2·s·h·(n_q·d)·2          q and o projections (n_q heads of size d)
+               + 2·s·h·(n_kv·d)·2         k and v projections (n_kv key/value heads)
+               + 2·2·s²·n_q·d             QK^T and A·V over all s×s pairs (SDPA computes the
+                                          masked ones too, sliding-window layers included)
+               + 2·s·h·I·m                MLP with m matrices (3 gated: Llama, Gemma; 2: OPT)
+    probe      = 2·h'·V + 6·V             LM head on one position (h' = the width the head
+               (+ 2·h·h' for OPT's          reads) + softmax (≈4V) and top-2 (≈2V)
+                 project_out)
+    classifier = per scored row, see :func:`classifier_flops`
+
+    engine = Σ_batches Σ_l [rows_l·layer(s) + probed_l·probe + scored_l·classifier]
+    full   = Σ_batches B·[L·layer(s) + 2·h'·V + V]      (head + argmax at one position)
+
+Element-wise work (norms, residual adds, rotary, activations, masks, embeddings lookups) is
+O(s·h) per layer and left out; it is under 1% of a layer at these sizes. Unlike (a), (b)
+charges a probe at every visited layer: with Gemma-3's 262,144-token vocabulary one probe costs
+about as much as a layer over a 30-token prompt, so (b) can be far from (a).
+
+(c) :func:`time_against_full` — measured wall time of the engine against the model's own
+forward on the same batches, in the same process. :func:`layer_and_head_seconds` and
+:func:`timed_ideal_speedup` give the speedup a linear time model predicts from the *measured*
+time of a layer and of an LM head: on a CPU at small batch the head is a memory-bound
+matrix-vector product whose time share is many times its FLOPs share.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from adainfer.engine import EarlyExitEngine, EngineResult, FixedExit, layer_inputs
+from adainfer.errors import AdaInferError
+from adainfer.flops import flops_ratio
+from adainfer.policies import ExitPolicy, GapThreshold, NeverExit
+from adainfer.policies.svm import LogRegPolicy, SVMPolicy
+
+# Scoring one row with a policy whose cost is unknown here: a small documented constant.
+UNKNOWN_CLASSIFIER_FLOPS = 100.0
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes the cost model needs, read from a transformers config."""
+
+    num_layers: int
+    hidden: int  # h
+    intermediate: int  # I
+    heads: int  # n_q
+    kv_heads: int  # n_kv
+    head_dim: int  # d
+    vocab: int  # V
+    mlp_matrices: int  # m: 3 for gated MLPs (Llama, Gemma), 2 for OPT's fc1/fc2
+    head_in: int  # h': what the LM head reads (OPT's word_embed_proj_dim)
+
+    @classmethod
+    def from_config(cls, config: Any) -> ModelDims:
+        """Sizes of a Llama-like, Gemma-3 or OPT config."""
+        h, heads = config.hidden_size, config.num_attention_heads
+        opt = config.model_type == "opt"
+        return cls(
+            num_layers=config.num_hidden_layers,
+            hidden=h,
+            intermediate=config.ffn_dim if opt else config.intermediate_size,
+            heads=heads,
+            kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(config, "head_dim", None) or h // heads,
+            vocab=config.vocab_size,
+            mlp_matrices=2 if opt else 3,
+            head_in=getattr(config, "word_embed_proj_dim", None) or h,
+        )
+
+    def layer(self, width: int) -> float:
+        """FLOPs of one decoder layer on one row of ``width`` positions."""
+        s, h, d = float(width), self.hidden, self.head_dim
+        projections = 2 * s * h * self.heads * d * 2 + 2 * s * h * self.kv_heads * d * 2
+        attention = 2 * 2 * s * s * self.heads * d
+        mlp = 2 * s * h * self.intermediate * self.mlp_matrices
+        return projections + attention + mlp
+
+    def head(self) -> float:
+        """LM head on one position (with OPT's project_out when the widths differ)."""
+        project_out = 2.0 * self.hidden * self.head_in if self.head_in != self.hidden else 0.0
+        return project_out + 2.0 * self.head_in * self.vocab
+
+    def probe(self) -> float:
+        """Logit lens on one position: LM head, softmax and top-2."""
+        return self.head() + 6.0 * self.vocab
+
+
+def classifier_flops(policy: ExitPolicy) -> float:
+    """FLOPs of scoring one (instance, layer) with ``policy``.
+
+    SVM (StandardScaler + SVC): 2F to scale F features, then per support vector an RBF kernel
+    (‖x − sv‖²: 3F; times gamma, exp, times the dual coefficient, add: 4) or a linear one
+    (2F + 2). Logistic regression: 2F + 2F + 1 + ≈4 for the sigmoid. ``gap``: one compare.
+    ``never`` and :class:`~adainfer.engine.FixedExit` score nothing. Anything else:
+    ``UNKNOWN_CLASSIFIER_FLOPS``.
+    """
+    n_features = float(len(policy.features))
+    if isinstance(policy, NeverExit | FixedExit):
+        return 0.0
+    if isinstance(policy, GapThreshold):
+        return 1.0
+    if isinstance(policy, SVMPolicy | LogRegPolicy) and policy.model is None:
+        return 0.0  # nothing was learnt: the policy never exits and scores nothing
+    if isinstance(policy, SVMPolicy):
+        svc = policy.model[-1]
+        per_sv = 2 * n_features + 2 if svc.kernel == "linear" else 3 * n_features + 4
+        return 2 * n_features + len(svc.support_vectors_) * per_sv + 1
+    if isinstance(policy, LogRegPolicy):
+        return 4 * n_features + 5
+    return UNKNOWN_CLASSIFIER_FLOPS
+
+
+@dataclass
+class CostReport:
+    """(a) and (b) for one engine run, with the breakdown of (b)."""
+
+    eq2_ratio: float  # (a), mean over instances
+    engine_flops: float
+    full_flops: float
+    layer_flops: float  # the engine's decoder layers
+    probe_flops: float  # the engine's probes
+    classifier_flops: float  # the engine's policy
+    layer_rows: int  # Σ rows·layers the engine ran
+    full_layer_rows: int  # Σ rows·L of the full model
+
+    @property
+    def flops_ratio(self) -> float:
+        """(b): engine FLOPs over the full model's, on the same batches."""
+        return self.engine_flops / self.full_flops
+
+    @property
+    def ideal_speedup_layers(self) -> float:
+        """Full-model layer·rows over the engine's: the speedup if only layers cost time."""
+        return self.full_layer_rows / self.layer_rows
+
+    @property
+    def ideal_speedup_flops(self) -> float:
+        """The speedup (b) predicts, probes and classifier included."""
+        return self.full_flops / self.engine_flops
+
+
+def run_costs(result: EngineResult, config: Any, policy: ExitPolicy) -> CostReport:
+    """Eq. 2 and the executed FLOPs of an engine run (see the module docstring)."""
+    dims = ModelDims.from_config(config)
+    per_score = classifier_flops(policy)
+    layers = probes = scored = full = 0.0
+    layer_rows = full_rows = 0
+    for work in result.work:
+        layer = dims.layer(work.width)
+        layers += layer * sum(work.rows)
+        probes += dims.probe() * sum(work.probed)
+        scored += per_score * sum(work.classified)
+        batch = len(work.seq_len)
+        full += batch * (dims.num_layers * layer + dims.head() + dims.vocab)
+        layer_rows += sum(work.rows)
+        full_rows += batch * dims.num_layers
+    eq2 = flops_ratio(result.exit_layer, dims.num_layers, dims.hidden, result.seq_len, dims.vocab)
+    return CostReport(
+        eq2_ratio=float(np.mean(eq2)),
+        engine_flops=layers + probes + scored,
+        full_flops=full,
+        layer_flops=layers,
+        probe_flops=probes,
+        classifier_flops=scored,
+        layer_rows=layer_rows,
+        full_layer_rows=full_rows,
+    )
+
+
+@dataclass
+class Timing:
+    """(c): wall seconds per (repeat, batch), for the engine and for the full forward."""
+
+    engine_s: np.ndarray  # [repeats, batches]
+    full_s: np.ndarray  # [repeats, batches]
+    result: EngineResult  # of the last timed engine pass (for run_costs)
+
+    @property
+    def speedup(self) -> float:
+        """Median full-forward pass over median engine pass (each a sum over batches)."""
+        return float(np.median(self.full_s.sum(1)) / np.median(self.engine_s.sum(1)))
+
+    @property
+    def best_speedup(self) -> float:
+        """Sum over batches of each one's fastest repeat, full over engine (timeit's rule:
+        on a shared machine the fastest run is the one least disturbed)."""
+        return float(self.full_s.min(0).sum() / self.engine_s.min(0).sum())
+
+
+def time_against_full(
+    engines: dict[str, EarlyExitEngine],
+    input_ids: list[list[int]],
+    batch_size: int,
+    repeats: int = 3,
+    all_logits: bool = False,
+) -> dict[str, Timing]:
+    """Wall time of each engine vs ``model(...)`` on the same padded batches, same process.
+
+    All engines must wrap the same model. The full forward runs without a KV cache (the engine
+    keeps none) and, unless ``all_logits``, with ``logits_to_keep=1``: the LM head on one
+    position per row, which is what answering the prompt needs. ``model(...)``'s default
+    computes the head at every position — for Gemma-3 that alone costs more than all its
+    layers — and would flatter the engine. Batch by batch, the full forward and then every
+    engine run back to back, so a slow spell on a shared machine hits them alike; the first
+    batch is run once by each as a warm-up.
+    """
+    first = next(iter(engines.values()))
+    if any(engine.model is not first.model for engine in engines.values()):
+        raise AdaInferError(
+            "time_against_full: the engines wrap different models", "time each model apart"
+        )
+    batches = first.batches(input_ids, batch_size)
+    keep = 0 if all_logits else 1
+
+    @torch.no_grad()
+    def full(ids: torch.Tensor, mask: torch.Tensor) -> None:
+        first.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep)
+
+    runs = {"": full} | {name: engine.run_batch for name, engine in engines.items()}
+    for run in runs.values():
+        run(*batches[0][1:])
+    seconds = {name: np.zeros((repeats, len(batches))) for name in runs}
+    parts: dict[str, list] = {name: [] for name in engines}
+    for r in range(repeats):
+        for b, (index, ids, mask) in enumerate(batches):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                out = run(ids, mask)
+                seconds[name][r, b] = time.perf_counter() - start
+                if name and r == repeats - 1:
+                    parts[name].append((index, out))
+    return {
+        name: Timing(seconds[name], seconds[""], EngineResult.merge(parts[name]))
+        for name in engines
+    }
+
+
+def layer_and_head_seconds(
+    engine: EarlyExitEngine, input_ids: torch.Tensor, attention_mask: torch.Tensor, repeats: int = 3
+) -> tuple[float, float]:
+    """Fastest-of-``repeats`` seconds of one decoder layer (all layers / L) and of one probe of
+    every row, on one batch: the two prices of the linear time model."""
+    parts, rows = engine.parts, torch.arange(len(input_ids))
+    last = attention_mask.sum(dim=1) - 1
+
+    @torch.no_grad()
+    def layers() -> torch.Tensor:
+        inputs = layer_inputs(engine.model, input_ids, attention_mask)
+        hidden = inputs.hidden
+        for i, layer in enumerate(parts.layers):
+            out = layer(hidden, **inputs.kwargs(i))
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden[rows, last]
+
+    def fastest(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    last_hidden = layers()
+    per_layer = fastest(layers) / parts.num_layers
+    with torch.no_grad():
+        head = fastest(lambda: engine.probe(last_hidden.float()))
+    return per_layer, head
+
+
+def timed_ideal_speedup(result: EngineResult, layer_s: float, head_s: float) -> float:
+    """Speedup predicted from measured prices: a layer costs ``layer_s`` and a probe
+    ``head_s`` per full batch, both scaled by the share of the batch's rows that run them;
+    the full model pays L layers and one head per batch."""
+    full = engine = 0.0
+    for work in result.work:
+        batch = len(work.seq_len)
+        full += result.num_layers * layer_s + head_s
+        engine += sum(work.rows) / batch * layer_s + sum(work.probed) / batch * head_s
+    return full / engine
+
+
+def engine_metrics(
+    loaded: Any,
+    policy: ExitPolicy,
+    input_ids: list[list[int]],
+    batch_size: int,
+    trace_exits: np.ndarray | None = None,
+    gold: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Run a fitted policy online over prompts and return ``engine_*`` metrics for a run.
+
+    One timed pass of the engine and one of the full forward (see :func:`time_against_full`);
+    with ``trace_exits``, the share of prompts whose online exit equals the trace evaluation's
+    (1.0 unless float noise flips a decision at its threshold); with ``gold``, the accuracy.
+    """
+    engine = EarlyExitEngine(loaded, policy)
+    timing = time_against_full({"engine": engine}, input_ids, batch_size, repeats=1)["engine"]
+    result = timing.result
+    cost = run_costs(result, loaded.config, policy)
+    metrics = {
+        "engine_exit_layer_mean": float(result.exit_layer.mean()),
+        "engine_eq2_ratio": cost.eq2_ratio,
+        "engine_flops_ratio": cost.flops_ratio,
+        "engine_ideal_speedup": cost.ideal_speedup_flops,
+        "engine_speedup": timing.speedup,
+        "engine_seconds": float(timing.engine_s.sum()),
+        "full_forward_seconds": float(timing.full_s.sum()),
+    }
+    if trace_exits is not None:
+        metrics["engine_trace_agreement"] = float(np.mean(result.exit_layer == trace_exits))
+    if gold is not None:
+        metrics["engine_acc"] = float(np.mean(result.prediction == gold))
+    return metrics

@@ -1,0 +1,27 @@
+"""Real early exit: an inference engine that stops computing once the policy says so.
+
+Usable without Hydra::
+
+    from adainfer.engine import EarlyExitEngine
+    result = EarlyExitEngine(loaded, fitted_policy).run(encoded.input_ids, batch_size=16)
+    result.exit_layer, result.prediction
+
+See docs/ENGINE.md for the design and ``adainfer.costs`` for what a run costs.
+"""
+
+from adainfer.engine.core import BatchWork, EarlyExitEngine, EngineResult
+from adainfer.engine.inputs import ENGINE_MODEL_TYPES, LayerInputs, layer_inputs
+from adainfer.engine.online import FixedExit, check_online, check_policy, is_online
+
+__all__ = [
+    "ENGINE_MODEL_TYPES",
+    "BatchWork",
+    "EarlyExitEngine",
+    "EngineResult",
+    "FixedExit",
+    "LayerInputs",
+    "check_online",
+    "check_policy",
+    "is_online",
+    "layer_inputs",
+]

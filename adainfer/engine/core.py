@@ -1,0 +1,269 @@
+"""The early-exit engine: run the decoder layer by layer and stop computing finished rows.
+
+After each decoder layer the last real token of every still-running prompt is probed (final
+norm + LM head, softmax, top-2: the same logit lens as ``features.probe_layers``), the policy
+decides on a one-layer view of those features, and the rows that stop leave the batch: their
+hidden states, masks and position tensors are index-selected away, so the next layer runs on
+fewer rows. The result holds, per prompt, the exit layer, the prediction there, and the
+features of every layer it visited, plus a log of the work done (:class:`BatchWork`) for
+``adainfer.costs``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from adainfer.engine.inputs import LayerInputs, check_supported, layer_inputs
+from adainfer.engine.online import check_policy, decide, needs_features
+from adainfer.engine.result import BatchWork, EngineResult, Outputs
+from adainfer.errors import AdaInferError
+from adainfer.models.loading import LoadedModel
+from adainfer.policies import ExitPolicy
+
+
+class _Capture:
+    """Forward hooks keeping the last real token of each block's attention and MLP output."""
+
+    def __init__(self, parts) -> None:
+        self.last = torch.zeros(0, dtype=torch.long)
+        self.width = 0
+        self.out: dict[str, torch.Tensor] = {}
+        self.handles = []
+        for i in range(parts.num_layers):
+            self.handles.append(parts.attention(i).register_forward_hook(self._keep("attn")))
+            self.handles.append(parts.mlp(i).register_forward_hook(self._keep("mlp")))
+
+    def _keep(self, key: str):
+        def hook(_module, _args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            rows = len(self.last)
+            if hidden.dim() == 2:  # blocks that flatten [rows * width, hidden] (OPT's MLP)
+                hidden = hidden.view(rows, self.width, -1)
+            self.out[key] = hidden[torch.arange(rows), self.last].float()
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _cosine(now: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor:
+    """cos(now, before) per row; 0 at the first layer, as ``features._consecutive_cosine``."""
+    if before is None:
+        return torch.zeros(len(now))
+    return F.cosine_similarity(now, before, dim=-1)
+
+
+class _Rows:
+    """The rows of a batch still running, and every tensor indexed by them."""
+
+    def __init__(self, inputs: LayerInputs, attention_mask: torch.Tensor) -> None:
+        self.inputs = inputs
+        self.hidden = inputs.hidden
+        self.width = attention_mask.shape[1]
+        self.last = attention_mask.sum(dim=1) - 1  # right padding: the last real token
+        self.seq_len_all = (self.last + 1).cpu().numpy()
+        self.seq_len = self.seq_len_all
+        self.alive = np.arange(len(self.last))  # batch row of each running row
+        first = self.hidden[torch.arange(self.n), self.last].float()
+        self.prev: dict[str, torch.Tensor | None] = {"attn": None, "mlp": None, "hidden": first}
+
+    @property
+    def n(self) -> int:
+        return len(self.alive)
+
+    def advance(self, layer: torch.nn.Module, index: int) -> None:
+        """Run one decoder layer on the running rows."""
+        out = layer(self.hidden, **self.inputs.kwargs(index))
+        self.hidden = out[0] if isinstance(out, tuple) else out
+
+    def last_hidden(self) -> torch.Tensor:
+        """The last real token's hidden state of each running row, [n, hidden] float."""
+        return self.hidden[torch.arange(self.n), self.last].float()
+
+    def drop(self, stop: np.ndarray, now: torch.Tensor | None, capture: _Capture | None) -> None:
+        """Compaction: remove the stopped rows so later layers run on the others only.
+
+        ``now`` and the captured block outputs become the previous layer's, for the cosines.
+        """
+        keep = torch.from_numpy(np.flatnonzero(~stop)).to(self.hidden.device)
+        if capture is not None:
+            self.prev["attn"], self.prev["mlp"] = capture.out["attn"], capture.out["mlp"]
+        self.prev["hidden"] = now
+        if not stop.any():
+            return
+        self.inputs.select(keep, self.n)
+        self.hidden = self.hidden.index_select(0, keep)
+        self.last = self.last.index_select(0, keep)
+        self.prev = {
+            k: None if v is None else v.index_select(0, keep) for k, v in self.prev.items()
+        }
+        self.alive = self.alive[~stop]
+        self.seq_len = self.seq_len[~stop]
+
+
+class EarlyExitEngine:
+    """Runs a causal LM with real early exit under a fitted, per-layer exit policy.
+
+    >>> engine = EarlyExitEngine(loaded, policy)           # doctest: +SKIP
+    >>> result = engine.run(encoded.input_ids, batch_size=16)  # doctest: +SKIP
+    """
+
+    def __init__(self, loaded: LoadedModel, policy: ExitPolicy) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.parts = loaded.parts
+        check_supported(self.model)
+        self.num_layers = self.parts.num_layers
+        check_policy(policy, self.num_layers)
+        self.policy = policy
+        self.probe_every_layer = needs_features(policy)
+        pad = loaded.tokenizer.pad_token_id
+        self.pad_id = 0 if pad is None else int(pad)
+        self.device = next(self.model.parameters()).device
+        self.head_dtype = self.parts.lm_head.weight.dtype
+
+    # -- batching ----------------------------------------------------------------------------
+    def _check_prompts(self, input_ids: list[list[int]]) -> None:
+        if len(input_ids) == 0:
+            raise AdaInferError("the batch is empty: no prompts to run", "pass one or more prompts")
+        vocab = self.model.get_input_embeddings().num_embeddings
+        for i, ids in enumerate(input_ids):
+            if len(ids) == 0:
+                raise AdaInferError(f"prompt {i} has no tokens", "remove it or give it text")
+            if len(ids) > self.loaded.max_length:
+                raise AdaInferError(
+                    f"prompt {i} is {len(ids)} tokens, longer than the model's context of "
+                    f"{self.loaded.max_length} (max_position_embeddings)",
+                    "shorten it (adainfer.encoding.encode_prompts drops demonstrations to fit)",
+                )
+            if min(ids) < 0 or max(ids) >= vocab:
+                raise AdaInferError(
+                    f"prompt {i} has token ids outside the vocabulary [0, {vocab})",
+                    "encode prompts with this model's tokenizer",
+                )
+
+    def batches(
+        self, input_ids: list[list[int]], batch_size: int
+    ) -> list[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+        """(prompt indices, input_ids, attention_mask) per batch, right-padded.
+
+        Prompts are sorted by length first (as ``runner.extract_records`` does) so a batch
+        wastes little compute on padding; the indices put results back in input order.
+        """
+        self._check_prompts(input_ids)
+        if batch_size < 1:
+            raise AdaInferError(f"batch_size={batch_size}", "use a batch size of 1 or more")
+        order = np.array(sorted(range(len(input_ids)), key=lambda i: len(input_ids[i])))
+        out = []
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            width = max(len(input_ids[i]) for i in index)
+            ids = torch.full((len(index), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(index), width), dtype=torch.long)
+            for row, i in enumerate(index):
+                ids[row, : len(input_ids[i])] = torch.tensor(input_ids[i])
+                mask[row, : len(input_ids[i])] = 1
+            out.append((index, ids.to(self.device), mask.to(self.device)))
+        return out
+
+    def run(
+        self, input_ids: list[list[int]], batch_size: int = 16, keep_logits: bool = False
+    ) -> EngineResult:
+        """Early-exit inference over prompts (token id lists); results in input order."""
+        return self.run_batches(self.batches(input_ids, batch_size), keep_logits)
+
+    def run_batches(self, batches: list, keep_logits: bool = False) -> EngineResult:
+        """Run batches made by :meth:`batches`; results in the prompts' input order."""
+        return EngineResult.merge(
+            [(index, self.run_batch(ids, mask, keep_logits)) for index, ids, mask in batches]
+        )
+
+    # -- one batch ---------------------------------------------------------------------------
+    def probe(self, last_hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Logit lens on [rows, hidden]: (gap, top_prob, argmax, logits)."""
+        logits = self.parts.probe_logits(last_hidden.to(self.head_dtype)).float()
+        top = logits.softmax(dim=-1).topk(2, dim=-1)
+        gap = top.values[:, 0] - top.values[:, 1]
+        return gap, top.values[:, 0], top.indices[:, 0], logits
+
+    def _probe_all(self, rows: _Rows, out: Outputs, i: int, now: torch.Tensor, capture):
+        """Probe every running row after layer i; record all features; return the logits."""
+        gap, top_prob, top_id, logits = self.probe(now)
+        feats = {
+            "gap": gap,
+            "top_prob": top_prob,
+            "cos_attn": _cosine(capture.out["attn"], rows.prev["attn"]),
+            "cos_mlp": _cosine(capture.out["mlp"], rows.prev["mlp"]),
+            "cos_hidden": _cosine(now, rows.prev["hidden"]),
+        }
+        for name, column in feats.items():
+            out.values[name][rows.alive, i] = column.cpu().numpy()
+        out.argmax[rows.alive, i] = top_id.cpu().numpy()
+        return logits
+
+    def _probe_stopping(self, rows: _Rows, out: Outputs, i: int, stop: np.ndarray):
+        """Probe only the rows that stop after layer i (policies without features)."""
+        picked = torch.from_numpy(np.flatnonzero(stop)).to(rows.hidden.device)
+        last = rows.last.index_select(0, picked)
+        gap, top_prob, top_id, part = self.probe(rows.hidden[picked, last].float())
+        finished = rows.alive[stop]
+        out.values["gap"][finished, i] = gap.cpu().numpy()
+        out.values["top_prob"][finished, i] = top_prob.cpu().numpy()
+        out.argmax[finished, i] = top_id.cpu().numpy()
+        logits = torch.zeros((rows.n, part.shape[1]), device=part.device)
+        logits[picked] = part
+        return logits
+
+    def _decide(self, depth: int, n: int, view) -> np.ndarray:
+        """Which running rows stop after layer ``depth``: all at the last layer, else the
+        policy's call on the one-layer view (built only when asked)."""
+        if depth == self.num_layers:
+            return np.ones(n, dtype=bool)
+        return decide(self.policy, depth, view(), n)
+
+    @torch.no_grad()
+    def run_batch(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep_logits: bool = False
+    ) -> EngineResult:
+        """One right-padded batch [B, S] through the layers, dropping rows as they exit."""
+        L = self.num_layers
+        rows = _Rows(layer_inputs(self.model, input_ids, attention_mask), attention_mask)
+        vocab = self.parts.lm_head.out_features if keep_logits else None
+        out = Outputs(rows.n, L, vocab)
+        work = BatchWork(width=input_ids.shape[1], seq_len=rows.seq_len.copy())
+        capture = _Capture(self.parts) if self.probe_every_layer else None
+        try:
+            for i, layer in enumerate(self.parts.layers):
+                depth = i + 1
+                work.rows.append(rows.n)
+                if capture is not None:
+                    capture.last, capture.width = rows.last, rows.width
+                rows.advance(layer, i)
+                now = None
+                if self.probe_every_layer:
+                    now = rows.last_hidden()
+                    logits = self._probe_all(rows, out, i, now, capture)
+                    stop = self._decide(depth, rows.n, partial(out.view, rows, i))
+                    work.probed.append(rows.n)
+                    work.classified.append(0 if depth == L else rows.n)
+                else:  # the policy reads no features: probe only where rows stop
+                    stop = self._decide(depth, rows.n, lambda: None)
+                    logits = self._probe_stopping(rows, out, i, stop) if stop.any() else None
+                    work.probed.append(int(stop.sum()))
+                    work.classified.append(0)
+                out.finish(
+                    rows.alive[stop], depth, logits[torch.from_numpy(stop)] if vocab else None
+                )
+                if stop.all():
+                    break
+                rows.drop(stop, now, capture)
+        finally:
+            if capture is not None:
+                capture.remove()
+        return out.result(rows.seq_len_all, work)

@@ -1,0 +1,123 @@
+"""Which exit policies can decide online, and how they decide one layer at a time.
+
+In trace evaluation a policy sees all L layers of an instance at once. The engine only has the
+layers it has run, so it can serve only policies whose decision at layer l reads layer l alone
+(``svm``, ``logreg``, ``gap``, ``never``, and :class:`FixedExit`). For those, a one-layer view
+of the features — the same numbers, shape [n, 1] — gives exactly the trace decision. The CRF
+(Viterbi or marginals over the whole layer sequence) and the oracles (the gold answer, the last
+layer's prediction) look ahead and are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from adainfer.errors import AdaInferError
+from adainfer.features import LayerRecords
+from adainfer.policies import ExitPolicy, GapThreshold, NeverExit
+from adainfer.policies.svm import SklearnPolicy
+
+_WHY_NOT = {
+    "crf": "the CRF labels the whole layer sequence at once (Viterbi, or marginals that read "
+    "the layers after l)",
+    "oracle_gold": "the oracle looks at the gold answer",
+    "oracle_consistent": "the oracle compares every layer with the last one",
+}
+
+
+class FixedExit(ExitPolicy):
+    """Stop every instance after layer ``layer`` (a fixed-depth truncation; no features).
+
+    The reference point for the engine's speed: it needs no probe until its exit layer, so
+    its cost is the layers it runs plus one LM head per instance.
+    """
+
+    name = "fixed"
+    causal: ClassVar[bool] = True
+
+    def __init__(self, layer: int, features: tuple[str, ...] = (), threshold: float | None = None):
+        super().__init__(features, threshold)
+        if layer < 1:
+            raise AdaInferError(f"FixedExit(layer={layer}): layers count from 1", "pass 1..L")
+        self.layer = int(layer)
+
+    def scores(self, records: LayerRecords) -> np.ndarray:
+        out = np.full((records.num_instances, records.num_layers), -np.inf)
+        out[:, self.layer - 1 :] = np.inf  # only the first of these counts (first_exit)
+        return out
+
+    def online_stop(self, layer: int, view: LayerRecords | None, rows: int) -> np.ndarray:
+        """The decision at ``layer`` for ``rows`` instances (needs no features)."""
+        return np.full(rows, layer >= self.layer)
+
+    def params(self) -> dict[str, Any]:
+        return super().params() | {"layer": self.layer}
+
+
+_ONLINE = (NeverExit, GapThreshold, SklearnPolicy, FixedExit)
+
+
+def is_online(policy: ExitPolicy) -> bool:
+    """True when the policy's decision at layer l reads only what exists after layer l.
+
+    A ``causal`` class attribute, when a policy has one, is the policy's own statement;
+    otherwise the known per-layer classes are.
+    """
+    causal = getattr(policy, "causal", None)
+    if causal is None:
+        causal = isinstance(policy, _ONLINE)
+    return bool(causal) and policy.deployable
+
+
+def check_online(policy: ExitPolicy) -> None:
+    """Refuse, with the reason and the fix, a policy that cannot decide layer by layer."""
+    if not is_online(policy):
+        why = _WHY_NOT.get(policy.name, "its decision at layer l depends on later layers")
+        raise AdaInferError(
+            f"policy {policy.name!r} cannot run in the early-exit engine: {why}, and the "
+            "engine has not computed those when it must decide",
+            "use a per-layer policy: svm, logreg, gap, never or adainfer.engine.FixedExit; "
+            f"{policy.name!r} can still be evaluated on layer traces (adainfer.evaluate)",
+        )
+
+
+def check_policy(policy: ExitPolicy, num_layers: int) -> None:
+    """Refuse policies the engine cannot run on this model, with the reason and the fix."""
+    check_online(policy)
+    if policy.num_layers is not None and policy.num_layers != num_layers:
+        raise AdaInferError(
+            f"policy {policy.name!r} was fitted on records of {policy.num_layers} layers, but "
+            f"this model has {num_layers}",
+            "fit the policy on layer records of this model (adainfer.runner.extract_records)",
+        )
+    if isinstance(policy, SklearnPolicy) and policy.num_layers is None:
+        raise AdaInferError(
+            f"policy {policy.name!r} is not fitted",
+            "call policy.fit(records) with layer records of this model first",
+        )
+
+
+def needs_features(policy: ExitPolicy) -> bool:
+    """Whether the policy reads probe features, so every visited layer must be probed."""
+    return bool(policy.features) or not hasattr(policy, "online_stop")
+
+
+def one_layer_view(values: dict[str, np.ndarray], argmax: np.ndarray, seq_len: np.ndarray):
+    """Layer records of shape [n, 1]: what a per-layer policy sees of one layer."""
+    return LayerRecords(
+        values={name: column[:, None] for name, column in values.items()},
+        argmax=argmax[:, None],
+        gold=np.full(len(argmax), -1, dtype=np.int64),  # unknown online; no online policy reads it
+        seq_len=seq_len,
+    )
+
+
+def decide(policy: ExitPolicy, layer: int, view: LayerRecords | None, rows: int) -> np.ndarray:
+    """Boolean [rows]: which of the active instances stop after ``layer`` (1-based)."""
+    if hasattr(policy, "online_stop"):
+        stop = policy.online_stop(layer, view, rows)
+    else:
+        stop = policy.stop_mask(view)[:, 0]
+    return np.asarray(stop, dtype=bool)

@@ -1,0 +1,334 @@
+"""The early-exit engine: the model's own numbers, the trace's decisions, real savings.
+
+Every invariant is checked against an independent path: the library's own forward
+(``model(...)``), the layer traces (``runner.extract_records`` + ``evaluate.apply_exits``), or
+the same prompts run one at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny
+
+from adainfer.costs import ModelDims, classifier_flops, run_costs
+from adainfer.engine import EarlyExitEngine, FixedExit
+from adainfer.errors import AdaInferError
+from adainfer.evaluate import apply_exits
+from adainfer.features import LayerRecords, probe_layers
+from adainfer.flops import flops_ratio
+from adainfer.pipeline import prepare
+from adainfer.policies import (
+    CRFPolicy,
+    GapThreshold,
+    LogRegPolicy,
+    NeverExit,
+    OracleConsistent,
+    OracleGold,
+    SVMPolicy,
+)
+from adainfer.runner import extract_records
+from adainfer.tasks import RuleTask
+
+PROMPTS = ["Q: Monday\nA: Tuesday\n\nQ: March\nA:", "Q: b\nA:", "Q: seven\nA: eight\n\nQ: one\nA:"]
+QUIET = {"enable_progress_bar": False}
+_TRACED: dict[str, tuple] = {}
+
+
+def _ids(loaded, texts=PROMPTS) -> list[list[int]]:
+    return [loaded.tokenizer(t).input_ids for t in texts]
+
+
+def _padded(loaded, texts=PROMPTS):
+    enc = loaded.tokenizer(texts, padding=True, return_tensors="pt")
+    assert loaded.tokenizer.padding_side == "right"
+    return enc.input_ids, enc.attention_mask
+
+
+def traced(loaded):
+    """Train / test prompts and their layer records (computed once per model)."""
+    if loaded.name not in _TRACED:
+        task = RuleTask(n_train=24, n_test=16)
+        train, test = prepare(task, task.load(), loaded, shots=3, seed=0)
+        _TRACED[loaded.name] = (
+            train,
+            test,
+            extract_records(loaded, train, 8, QUIET),
+            extract_records(loaded, test, 8, QUIET),
+        )
+    return _TRACED[loaded.name]
+
+
+def fitted(kind: str, loaded):
+    """A policy of ``kind`` whose exits fall mid-depth on this random tiny model.
+
+    Random weights never predict the gold token, so learned policies are fitted on
+    "agrees with the last layer" labels, and every threshold is set at a quantile of the
+    train scores below the last layer: a choice that makes exits happen, not one that makes
+    engine and trace agree.
+    """
+    _, _, train_records, _ = traced(loaded)
+    r = train_records
+    consistent = LayerRecords(r.values, r.argmax, r.argmax[:, -1].copy(), r.seq_len)
+    policy = {"svm": SVMPolicy, "logreg": LogRegPolicy, "gap": GapThreshold}[kind]()
+    policy.fit(consistent)
+    policy.threshold = float(np.quantile(policy.scores(consistent)[:, :-1], 0.6))
+    return policy
+
+
+# -- the model's own numbers -------------------------------------------------------------------
+def test_never_exit_gives_the_models_own_logits(tiny_model):
+    ids, mask = _padded(tiny_model)
+    assert (mask == 0).any(), "the batch must be padded for this test to mean anything"
+    result = EarlyExitEngine(tiny_model, NeverExit()).run(_ids(tiny_model), 8, keep_logits=True)
+    with torch.no_grad():
+        logits = tiny_model.model(input_ids=ids, attention_mask=mask).logits
+    expected = logits[torch.arange(len(PROMPTS)), mask.sum(1) - 1]
+    assert result.exit_layer.tolist() == [tiny_model.num_layers] * len(PROMPTS)
+    torch.testing.assert_close(torch.from_numpy(result.logits), expected, rtol=1e-4, atol=1e-5)
+    assert result.prediction.tolist() == expected.argmax(-1).tolist()
+
+
+def test_every_layer_equals_the_trace_probe(tiny_model):
+    """All features at all layers equal ``features.probe_layers`` on the same batch."""
+    ids, mask = _padded(tiny_model)
+    trace = probe_layers(tiny_model.parts, ids, mask)
+    result = EarlyExitEngine(tiny_model, NeverExit()).run(_ids(tiny_model), 8)
+    assert np.array_equal(result.argmax, trace["argmax"].numpy())
+    for name in result.values:
+        np.testing.assert_allclose(result.values[name], trace[name], rtol=1e-4, atol=1e-5)
+
+
+LLAMA_LIKE = {
+    # Windows shorter than the prompts, so a wrong mask would change the numbers.
+    "gemma3_text": dict(
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+    ),
+    "mistral": dict(num_key_value_heads=2, sliding_window=4),
+    "qwen2": dict(
+        num_key_value_heads=2, use_sliding_window=True, sliding_window=4, max_window_layers=2
+    ),
+    "qwen3": dict(num_key_value_heads=2),
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(LLAMA_LIKE))
+def test_masks_and_rotary_of_each_family(model_type):
+    loaded = tiny(model_type, **LLAMA_LIKE[model_type]).load()
+    config = loaded.config
+    assert loaded.num_layers == 4 and config.model_type == model_type
+    if model_type != "qwen3":  # the window really is set (a misspelt key would leave 4096)
+        assert config.sliding_window == 4
+        assert "sliding_attention" in (
+            getattr(config, "layer_types", None) or ["sliding_attention"]
+        )
+    ids, mask = _padded(loaded)
+    assert mask.sum(1).min() > 4, "prompts must be longer than the sliding window"
+    result = EarlyExitEngine(loaded, NeverExit()).run(_ids(loaded), 8, keep_logits=True)
+    with torch.no_grad():
+        logits = loaded.model(input_ids=ids, attention_mask=mask).logits
+    expected = logits[torch.arange(len(PROMPTS)), mask.sum(1) - 1]
+    torch.testing.assert_close(torch.from_numpy(result.logits), expected, rtol=1e-4, atol=1e-5)
+
+
+# -- the trace's decisions ---------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["svm", "logreg", "gap"])
+def test_online_decisions_equal_trace_evaluation(tiny_model, kind):
+    _, test, _, test_records = traced(tiny_model)
+    policy = fitted(kind, tiny_model)
+    expected = apply_exits(test_records, policy.exit_layers(test_records))
+    result = EarlyExitEngine(tiny_model, policy).run(test.input_ids, batch_size=5)
+    L = tiny_model.num_layers
+    assert (expected.exit_layer < L).any() and len(np.unique(expected.exit_layer)) > 1
+    assert result.exit_layer.tolist() == expected.exit_layer.tolist()
+    assert result.prediction.tolist() == expected.prediction.tolist()
+    # Features exist exactly at the visited layers, and equal the trace's there.
+    visited = np.arange(L)[None, :] < result.exit_layer[:, None]
+    assert np.array_equal(~np.isnan(result.values["gap"]), visited)
+    np.testing.assert_allclose(
+        result.values["gap"][visited], test_records.gap[visited], rtol=1e-4, atol=1e-6
+    )
+    assert sum(sum(w.rows) for w in result.work) == result.exit_layer.sum()
+
+
+def test_fixed_exit_probes_only_where_it_stops(tiny_llama):
+    _, test, _, test_records = traced(tiny_llama)
+    policy = FixedExit(2)
+    result = EarlyExitEngine(tiny_llama, policy).run(test.input_ids, batch_size=5)
+    expected = apply_exits(test_records, policy.exit_layers(test_records))
+    assert result.exit_layer.tolist() == [2] * len(test.input_ids)
+    assert result.prediction.tolist() == expected.prediction.tolist()
+    assert sum(sum(w.probed) for w in result.work) == len(test.input_ids)
+    assert all(w.rows == [len(w.seq_len)] * 2 for w in result.work)
+
+
+# -- batching ----------------------------------------------------------------------------------
+def test_compaction_gives_the_batch_size_one_results(tiny_model):
+    """Equal-length prompts (no padding), so only compaction differs from one at a time."""
+    _, test, _, _ = traced(tiny_model)
+    width = min(len(ids) for ids in test.input_ids)
+    prompts = [ids[:width] for ids in test.input_ids]
+    policy = GapThreshold()
+    alone = EarlyExitEngine(tiny_model, NeverExit()).run(prompts, batch_size=len(prompts))
+    policy.threshold = float(np.quantile(alone.values["gap"][:, :-1], 0.6))
+    engine = EarlyExitEngine(tiny_model, policy)
+    batched = engine.run(prompts, batch_size=len(prompts))
+    single = engine.run(prompts, batch_size=1)
+    rows = batched.work[0].rows
+    assert rows[0] == len(prompts) and rows[-1] < rows[0], "rows must leave the batch"
+    assert batched.exit_layer.tolist() == single.exit_layer.tolist()
+    assert batched.prediction.tolist() == single.prediction.tolist()
+    for name in batched.values:
+        np.testing.assert_allclose(batched.values[name], single.values[name], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["never", "gap"])
+def test_padding_never_changes_a_result(tiny_model, kind):
+    """A batch of mixed lengths (with compaction, for ``gap``) vs each prompt alone."""
+    _, test, _, _ = traced(tiny_model)
+    prompts = [ids[: len(ids) - 3 * (i % 4)] for i, ids in enumerate(test.input_ids)]
+    assert len({len(ids) for ids in prompts}) > 1, "prompts of several lengths are needed"
+    policy = NeverExit()
+    single = EarlyExitEngine(tiny_model, policy).run(prompts, batch_size=1)
+    if kind == "gap":
+        policy = GapThreshold(threshold=float(np.quantile(single.values["gap"][:, :-1], 0.6)))
+        single = EarlyExitEngine(tiny_model, policy).run(prompts, batch_size=1)
+    mixed = EarlyExitEngine(tiny_model, policy).run(prompts, batch_size=len(prompts))
+    assert mixed.work[0].width == max(len(ids) for ids in prompts)
+    if kind == "gap":
+        assert mixed.work[0].rows[-1] < len(prompts), "rows must leave the batch"
+    assert mixed.exit_layer.tolist() == single.exit_layer.tolist()
+    assert mixed.prediction.tolist() == single.prediction.tolist()
+    for name in mixed.values:
+        np.testing.assert_allclose(mixed.values[name], single.values[name], atol=1e-5)
+
+
+# -- bad input ---------------------------------------------------------------------------------
+def _records(num_layers: int, n: int = 12, seed: int = 0) -> LayerRecords:
+    rng = np.random.default_rng(seed)
+    values = {k: rng.random((n, num_layers)).astype(np.float32) for k in ("gap", "top_prob")}
+    argmax = rng.integers(0, 3, (n, num_layers))
+    return LayerRecords(values, argmax, argmax[:, -1].copy(), np.full(n, 10))
+
+
+def test_policy_fitted_on_another_depth_is_refused(tiny_llama):
+    L = tiny_llama.num_layers
+    policy = SVMPolicy().fit(_records(L + 2))
+    with pytest.raises(AdaInferError, match=f"fitted on records of {L + 2} layers.*has {L}"):
+        EarlyExitEngine(tiny_llama, policy)
+
+
+def test_unfitted_learned_policy_is_refused(tiny_llama):
+    with pytest.raises(AdaInferError, match="'svm' is not fitted"):
+        EarlyExitEngine(tiny_llama, SVMPolicy())
+
+
+@pytest.mark.parametrize("policy", [CRFPolicy(), OracleGold(), OracleConsistent()])
+def test_policies_that_look_ahead_are_refused(tiny_llama, policy):
+    policy.fit(_records(tiny_llama.num_layers))
+    with pytest.raises(AdaInferError, match=f"(?s){policy.name}.*cannot run.*svm, logreg, gap"):
+        EarlyExitEngine(tiny_llama, policy)
+
+
+def test_bad_prompts_are_refused(tiny_llama):
+    engine = EarlyExitEngine(tiny_llama, NeverExit())
+    with pytest.raises(AdaInferError, match="batch is empty"):
+        engine.run([])
+    with pytest.raises(AdaInferError, match="prompt 1 has no tokens"):
+        engine.run([[1, 2], []])
+    too_long = [[1] * (tiny_llama.max_length + 1)]
+    with pytest.raises(AdaInferError, match=f"context of {tiny_llama.max_length}"):
+        engine.run(too_long)
+    with pytest.raises(AdaInferError, match="outside the vocabulary"):
+        engine.run([[1, tiny_llama.vocab_size]])
+
+
+# -- costs -------------------------------------------------------------------------------------
+def test_layer_flops_count_the_layers_weights(tiny_model):
+    """Per position, a layer's matmuls are 2 FLOPs per weight (attention scores aside)."""
+    dims = ModelDims.from_config(tiny_model.config)
+    layer = tiny_model.parts.layers[0]
+    weights = sum(m.weight.numel() for m in layer.modules() if isinstance(m, torch.nn.Linear))
+    scores = 2 * 2 * dims.heads * dims.head_dim  # QK^T and A·V at s = 1
+    assert dims.layer(1) - scores == 2 * weights
+    assert dims.head() == 2 * tiny_model.parts.lm_head.weight.numel()
+
+
+def test_costs_of_a_run(tiny_llama):
+    _, test, _, _ = traced(tiny_llama)
+    L = tiny_llama.num_layers
+    full = EarlyExitEngine(tiny_llama, FixedExit(L)).run(test.input_ids, 5)
+    full_cost = run_costs(full, tiny_llama.config, FixedExit(L))
+    assert full_cost.ideal_speedup_layers == 1.0 and full_cost.eq2_ratio == pytest.approx(1.0)
+    half = EarlyExitEngine(tiny_llama, FixedExit(L // 2)).run(test.input_ids, 5)
+    cost = run_costs(half, tiny_llama.config, FixedExit(L // 2))
+    assert cost.ideal_speedup_layers == pytest.approx(2.0)
+    assert cost.full_flops == full_cost.full_flops
+    assert cost.layer_flops == pytest.approx(full_cost.layer_flops / 2)
+    expected = flops_ratio(
+        half.exit_layer, L, tiny_llama.hidden_size, half.seq_len, tiny_llama.vocab_size
+    )
+    assert cost.eq2_ratio == pytest.approx(float(np.mean(expected)))
+    # Probing every layer costs more than exiting at the same layers without probes.
+    gap = fitted("gap", tiny_llama)
+    probed = run_costs(
+        EarlyExitEngine(tiny_llama, gap).run(test.input_ids, 5), tiny_llama.config, gap
+    )
+    assert probed.probe_flops > 0 and probed.classifier_flops > 0
+
+
+def test_svm_cost_grows_with_its_support_vectors(tiny_llama):
+    small = SVMPolicy().fit(_records(tiny_llama.num_layers, n=10))
+    large = SVMPolicy().fit(_records(tiny_llama.num_layers, n=60))
+    n_small = len(small.model[-1].support_vectors_)
+    n_large = len(large.model[-1].support_vectors_)
+    assert n_large > n_small
+    per_sv = 3 * 2 + 4  # F = 2 features, RBF kernel
+    assert classifier_flops(large) - classifier_flops(small) == (n_large - n_small) * per_sv
+
+
+# -- the real model ----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_embedded_model_engine_equals_forward_and_traces(smollm2_model):
+    assert smollm2_model.num_layers == 30
+    ids, mask = _padded(smollm2_model)
+    result = EarlyExitEngine(smollm2_model, NeverExit()).run(_ids(smollm2_model), 3, True)
+    with torch.no_grad():
+        logits = smollm2_model.model(input_ids=ids, attention_mask=mask).logits
+    expected = logits[torch.arange(len(PROMPTS)), mask.sum(1) - 1]
+    torch.testing.assert_close(torch.from_numpy(result.logits), expected, rtol=1e-4, atol=1e-4)
+    # A gap policy with mid-depth exits decides as the trace does.
+    records = extract_records(smollm2_model, _encoded(smollm2_model), 4, QUIET)
+    policy = GapThreshold(threshold=float(np.quantile(records.gap[:, :-1], 0.8)))
+    trace = apply_exits(records, policy.exit_layers(records))
+    online = EarlyExitEngine(smollm2_model, policy).run(_encoded(smollm2_model).input_ids, 4)
+    assert (trace.exit_layer < 30).any()
+    assert online.exit_layer.tolist() == trace.exit_layer.tolist()
+    assert online.prediction.tolist() == trace.prediction.tolist()
+
+
+def _encoded(loaded):
+    task = RuleTask(n_train=8, n_test=8)
+    return prepare(task, task.load(), loaded, shots=3, seed=0)[1]
+
+
+@pytest.mark.slow
+def test_gemma3_engine_equals_forward():
+    """The embedded Gemma-3 (sliding and full layers, two rotary bases, V = 262,144)."""
+    from conftest import compose_cfg
+    from hydra.utils import instantiate
+
+    loaded = instantiate(compose_cfg(["model=gemma3_270m"]).model).load()
+    assert loaded.num_layers == 18 and loaded.config.model_type == "gemma3_text"
+    assert {"sliding_attention", "full_attention"} <= set(loaded.config.layer_types)
+    ids, mask = _padded(loaded, PROMPTS[:2])
+    result = EarlyExitEngine(loaded, NeverExit()).run(_ids(loaded, PROMPTS[:2]), 2, True)
+    with torch.no_grad():
+        logits = loaded.model(input_ids=ids, attention_mask=mask).logits
+    expected = logits[torch.arange(2), mask.sum(1) - 1]
+    torch.testing.assert_close(torch.from_numpy(result.logits), expected, rtol=1e-4, atol=1e-4)
+    assert result.prediction.tolist() == expected.argmax(-1).tolist()
