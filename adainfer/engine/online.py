@@ -16,7 +16,7 @@ import numpy as np
 
 from adainfer.errors import AdaInferError
 from adainfer.features import LayerRecords
-from adainfer.policies import ExitPolicy, GapThreshold, NeverExit
+from adainfer.policies import ExitPolicy
 from adainfer.policies.svm import SklearnPolicy
 
 _WHY_NOT = {
@@ -56,19 +56,10 @@ class FixedExit(ExitPolicy):
         return super().params() | {"layer": self.layer}
 
 
-_ONLINE = (NeverExit, GapThreshold, SklearnPolicy, FixedExit)
-
-
 def is_online(policy: ExitPolicy) -> bool:
-    """True when the policy's decision at layer l reads only what exists after layer l.
-
-    A ``causal`` class attribute, when a policy has one, is the policy's own statement;
-    otherwise the known per-layer classes are.
-    """
-    causal = getattr(policy, "causal", None)
-    if causal is None:
-        causal = isinstance(policy, _ONLINE)
-    return bool(causal) and policy.deployable
+    """True when the policy's decision at layer l reads only what exists after layer l
+    (its ``causal`` flag) and it does not look at the answer (``deployable``)."""
+    return policy.causal and policy.deployable
 
 
 def check_online(policy: ExitPolicy) -> None:
