@@ -220,13 +220,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
         return prepare(member, split, model, cfg.shots, cfg.seed, cfg.context_length)
 
     prepared = {name: encode(member, splits[name], loaded) for name, member in members.items()}
+
     # Where the exit classifier's training pairs come from (generalization study, Table 6).
+    def encode_train(member: Task, split: Splits, model: LoadedModel) -> EncodedPrompts:
+        return encode(member, Splits(split.train, []), model)[0]  # test prompts not needed
+
     fit_sources = [
-        (t.name, encode(t, fit_splits[t.name], fit_loaded)[0]) for t in fit_tasks.values()
+        (t.name, encode_train(t, fit_splits[t.name], fit_loaded)) for t in fit_tasks.values()
     ]
     fit_own = {}  # inter-model: each task's own train split, prompted for the other model
     if fit_spec and not fit_tasks:
-        fit_own = {name: encode(m, splits[name], fit_loaded)[0] for name, m in members.items()}
+        fit_own = {name: encode_train(m, splits[name], fit_loaded) for name, m in members.items()}
 
     params = {
         "model": model_spec.name,

@@ -86,8 +86,19 @@ def check_label_words(task: str, words: list[str], default: list[str]) -> list[s
     return words
 
 
+class _LabelWordsTask(DataTask):
+    """A classification task whose answers are its ``label_words`` (one per class)."""
+
+    label_words: list[str]
+
+    @property
+    def labels(self) -> list[str]:
+        """The answer words, one per class."""
+        return list(self.label_words)
+
+
 @dataclass
-class SST2Task(DataTask):
+class SST2Task(_LabelWordsTask):
     """SST-2 sentiment (GLUE): train = train (67,349 rows), test = validation (872).
 
     Answer: ``label_words[label]``, by default negative / positive.
@@ -95,11 +106,6 @@ class SST2Task(DataTask):
 
     name: str = "sst2"
     label_words: list[str] = field(default_factory=lambda: list(SST2_WORDS))
-
-    @property
-    def labels(self) -> list[str]:
-        """The answer words, one per class."""
-        return list(self.label_words)
 
     def load(self) -> Splits:
         words = check_label_words(self.name, self.label_words, SST2_WORDS)
@@ -109,7 +115,7 @@ class SST2Task(DataTask):
 
 
 @dataclass
-class AGNewsTask(DataTask):
+class AGNewsTask(_LabelWordsTask):
     """AG News topic: train = train (locally the 5,000-row subset), test = test (7,600 rows).
 
     Answer: ``label_words[label]``, by default World / Sports / Business / Sci/Tech; set
@@ -118,11 +124,6 @@ class AGNewsTask(DataTask):
 
     name: str = "ag_news"
     label_words: list[str] = field(default_factory=lambda: list(AG_NEWS_WORDS))
-
-    @property
-    def labels(self) -> list[str]:
-        """The answer words, one per class."""
-        return list(self.label_words)
 
     def load(self) -> Splits:
         words = check_label_words(self.name, self.label_words, AG_NEWS_WORDS)
