@@ -42,10 +42,12 @@ import numpy as np
 import torch
 
 from adainfer.engine import EarlyExitEngine, EngineResult, FixedExit, layer_inputs
+from adainfer.engine.online import needs_features
 from adainfer.errors import AdaInferError
 from adainfer.flops import flops_ratio
 from adainfer.policies import ExitPolicy, GapThreshold, NeverExit
 from adainfer.policies.svm import LogRegPolicy, SVMPolicy
+from adainfer.probes import Probe
 
 # Scoring one row with a policy whose cost is unknown here: a small documented constant.
 UNKNOWN_CLASSIFIER_FLOPS = 100.0
@@ -110,12 +112,10 @@ def classifier_flops(policy: ExitPolicy) -> float:
     ``UNKNOWN_CLASSIFIER_FLOPS``.
     """
     n_features = float(len(policy.features))
-    if isinstance(policy, NeverExit | FixedExit):
+    if isinstance(policy, NeverExit | FixedExit) or policy.never_stops():
         return 0.0
     if isinstance(policy, GapThreshold):
         return 1.0
-    if isinstance(policy, SVMPolicy | LogRegPolicy) and policy.model is None:
-        return 0.0  # nothing was learnt: the policy never exits and scores nothing
     if isinstance(policy, SVMPolicy):
         svc = policy.model[-1]
         per_sv = 2 * n_features + 2 if svc.kernel == "linear" else 3 * n_features + 4
@@ -154,8 +154,18 @@ class CostReport:
         return self.full_flops / self.engine_flops
 
 
-def run_costs(result: EngineResult, config: Any, policy: ExitPolicy) -> CostReport:
-    """Eq. 2 and the executed FLOPs of an engine run (see the module docstring)."""
+def _translator_flops(probed: list[int], num_layers: int, probe: Probe | None) -> float:
+    """A tuned lens's translators on the probed rows (none at the last layer: the identity)."""
+    if probe is None:
+        return 0.0
+    return probe.flops() * sum(p for layer, p in enumerate(probed) if layer < num_layers - 1)
+
+
+def run_costs(
+    result: EngineResult, config: Any, policy: ExitPolicy, probe: Probe | None = None
+) -> CostReport:
+    """Eq. 2 and the executed FLOPs of an engine run (see the module docstring); a tuned
+    lens's translators count with the probes."""
     dims = ModelDims.from_config(config)
     per_score = classifier_flops(policy)
     layers = probes = scored = full = 0.0
@@ -163,7 +173,10 @@ def run_costs(result: EngineResult, config: Any, policy: ExitPolicy) -> CostRepo
     for work in result.work:
         layer = dims.layer(work.width)
         layers += layer * sum(work.rows)
-        probes += dims.probe() * sum(work.probed)
+        # At the last layer every row stops: its answer costs the head and an argmax.
+        last = work.probed[dims.num_layers - 1] if len(work.probed) == dims.num_layers else 0
+        probes += dims.probe() * (sum(work.probed) - last) + (dims.head() + dims.vocab) * last
+        probes += _translator_flops(work.probed, dims.num_layers, probe)
         scored += per_score * sum(work.classified)
         batch = len(work.seq_len)
         full += batch * (dims.num_layers * layer + dims.head() + dims.vocab)
@@ -180,6 +193,39 @@ def run_costs(result: EngineResult, config: Any, policy: ExitPolicy) -> CostRepo
         layer_rows=layer_rows,
         full_layer_rows=full_rows,
     )
+
+
+def trace_flops_ratio(
+    exit_layer: np.ndarray,
+    seq_len: np.ndarray,
+    config: Any,
+    policy: ExitPolicy,
+    probe: Probe | None = None,
+) -> np.ndarray:
+    """(b) per instance, for exits evaluated on traces: what the engine would execute at
+    batch size 1 (width = the prompt's own length), over the full model's answer.
+
+    A policy that reads features probes (softmax, top-2; a tuned lens translates first) and
+    scores every layer before its exit and the exit itself; one that reads none (``never``, a
+    fixed exit, a threshold of +inf) reads only its exit layer. At the last layer every row
+    stops anyway, so there the answer costs what the full model's does: the head and an argmax.
+    """
+    dims = ModelDims.from_config(config)
+    L = dims.num_layers
+    exit_layer = np.asarray(exit_layer, dtype=np.float64)
+    layer = np.array([dims.layer(int(s)) for s in seq_len])
+    early = exit_layer < L
+    answer = dims.head() + dims.vocab
+    if needs_features(policy):
+        reads = np.minimum(exit_layer, L - 1)  # probed, translated and scored layers
+        per_read = dims.probe() + classifier_flops(policy)
+        per_read += probe.flops() if probe is not None else 0.0
+        reading = reads * per_read + np.where(early, 0.0, answer)
+    else:
+        translate = probe.flops() if probe is not None else 0.0
+        reading = np.where(early, dims.probe() + translate, answer)
+    full = L * layer + answer
+    return (exit_layer * layer + reading) / full
 
 
 @dataclass
@@ -301,6 +347,7 @@ def engine_metrics(
     batch_size: int,
     trace_exits: np.ndarray | None = None,
     gold: np.ndarray | None = None,
+    probe: Probe | None = None,
 ) -> dict[str, float]:
     """Run a fitted policy online over prompts and return ``engine_*`` metrics for a run.
 
@@ -308,10 +355,10 @@ def engine_metrics(
     with ``trace_exits``, the share of prompts whose online exit equals the trace evaluation's
     (1.0 unless float noise flips a decision at its threshold); with ``gold``, the accuracy.
     """
-    engine = EarlyExitEngine(loaded, policy)
+    engine = EarlyExitEngine(loaded, policy, probe)
     timing = time_against_full({"engine": engine}, input_ids, batch_size, repeats=1)["engine"]
     result = timing.result
-    cost = run_costs(result, loaded.config, policy)
+    cost = run_costs(result, loaded.config, policy, probe)
     metrics = {
         "engine_exit_layer_mean": float(result.exit_layer.mean()),
         "engine_eq2_ratio": cost.eq2_ratio,

@@ -11,6 +11,7 @@ Forward hooks capture every layer during a single pass, so L layers cost one for
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from adainfer.models.arch import DecoderParts
+
+if TYPE_CHECKING:
+    from adainfer.probes import Probe
 
 RECORDED = ("gap", "top_prob", "cos_attn", "cos_mlp", "cos_hidden")
 FEATURES = ("gap", "top_prob")
@@ -52,10 +56,15 @@ def _consecutive_cosine(states: torch.Tensor, first: torch.Tensor | None) -> tor
 
 @torch.no_grad()
 def probe_layers(
-    parts: DecoderParts, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    parts: DecoderParts,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    probe: Probe | None = None,
 ) -> dict[str, torch.Tensor]:
     """Features of the last real token at every layer, each of shape [batch, layers].
 
+    ``gap``, ``top_prob`` and the argmax are read through ``probe`` (default: the logit lens;
+    see :mod:`adainfer.probes`); the cosine features describe the model's own states.
     Padding must be on the right: the last real token is found from ``attention_mask``.
     """
     batch = torch.arange(input_ids.shape[0], device=input_ids.device)
@@ -85,7 +94,8 @@ def probe_layers(
             handle.remove()
     hidden = torch.stack(captured["hidden"], dim=1)  # [batch, layers, hidden]
     head_dtype = parts.lm_head.weight.dtype
-    logits = parts.probe_logits(hidden.to(head_dtype)).float()
+    read = hidden if probe is None else probe.translate(hidden)
+    logits = parts.probe_logits(read.to(head_dtype)).float()
     top = logits.softmax(dim=-1).topk(2, dim=-1)
     return {
         "gap": top.values[..., 0] - top.values[..., 1],

@@ -13,7 +13,7 @@ import copy
 import logging
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ from adainfer.features import FEATURE_SETS, LayerRecords
 from adainfer.models import cache
 from adainfer.models.loading import LoadedModel
 from adainfer.policies.base import ExitPolicy
+from adainfer.probes import PROBES, LensStore, LogitLens, Probe, TunedLens, fit_tuned_lens
+from adainfer.risk import RiskLimit, calibrate, resplit_check
 from adainfer.runner import extract_records
 from adainfer.tasks.base import Splits, Task
 from adainfer.tasks.prompts import build_prompts
@@ -43,7 +45,15 @@ from adainfer.tradeoff import tradeoff_curve
 
 log = logging.getLogger(__name__)
 
-AVERAGED = ("acc_full", "acc", "exit_layer_mean", "exit_layer_var", "flops_ratio")
+AVERAGED = (
+    "acc_full",
+    "acc",
+    "acc_drop",
+    "exit_layer_mean",
+    "exit_layer_var",
+    "flops_ratio",
+    "honest_flops_ratio",
+)
 
 
 @dataclass
@@ -55,6 +65,7 @@ class Outcome:
     test: LayerRecords
     result: ExitResult
     policy: ExitPolicy
+    probe: Probe = field(default_factory=LogitLens)  # what read the layers
 
 
 def _build(node: DictConfig, what: str, **kwargs: Any) -> Any:
@@ -90,14 +101,59 @@ def prepare(
     )
 
 
+def prepare_calibration(
+    task: Task,
+    splits: Splits,
+    loaded: LoadedModel,
+    shots: int,
+    seed: int,
+    max_length: int | None = None,
+) -> EncodedPrompts:
+    """Prompts of the calibration split (demonstrations from train, as for test)."""
+    template = getattr(task, "template", None)
+    prompts = build_prompts(splits.calibration, splits.train, shots, seed + 2, template)
+    length = min(max_length or loaded.max_length, loaded.max_length)
+    return encode_prompts(loaded.tokenizer, prompts, length)
+
+
 def score(
-    policy: ExitPolicy, fit_records: LayerRecords, test_records: LayerRecords, loaded: LoadedModel
+    policy: ExitPolicy,
+    fit_records: LayerRecords,
+    test_records: LayerRecords,
+    loaded: LoadedModel,
+    probe: Probe | None = None,
+    calibration: LayerRecords | None = None,
+    limit: RiskLimit | None = None,
+    resplits: int = 0,
 ) -> Outcome:
-    """Fit the policy on ``fit_records`` and score it on ``test_records``."""
+    """Fit the policy on ``fit_records``, calibrate its threshold on ``calibration`` to the
+    ``limit`` when one is given (:mod:`adainfer.risk`), and score it on ``test_records``.
+    With ``resplits``, also check the guarantee on that many random redraws of the
+    calibration/test partition (:func:`adainfer.risk.resplit_check`).
+
+    Besides Eq. 2 (``flops_ratio``), ``honest_flops_ratio`` charges every probe, translator and
+    classifier call the exits imply (:func:`adainfer.costs.trace_flops_ratio`).
+    """
+    probe = probe or LogitLens()
     policy.fit(fit_records)
+    calibrated = {}
+    if limit is not None and calibration is not None:
+        if policy.deployable:
+            if resplits:  # before calibrating: each split calibrates its own copy
+                calibrated = resplit_check(
+                    policy, fit_records, calibration, test_records, limit, resplits
+                )
+            calibrated |= calibrate(policy, fit_records, calibration, limit).metrics()
+        else:
+            log.warning("%s looks at the answer: risk control leaves it as it is", policy.name)
     result = apply_exits(test_records, policy.exit_layers(test_records))
     metrics = result.metrics(test_records, loaded.hidden_size, loaded.vocab_size)
-    return Outcome(metrics, fit_records, test_records, result, policy)
+    metrics["acc_drop"] = metrics["acc_full"] - metrics["acc"]
+    honest = costs.trace_flops_ratio(
+        result.exit_layer, test_records.seq_len, loaded.config, policy, probe
+    )
+    metrics["honest_flops_ratio"] = float(np.mean(honest))
+    return Outcome(metrics | calibrated, fit_records, test_records, result, policy, probe)
 
 
 def evaluate(
@@ -142,20 +198,32 @@ def _sweep_tags() -> dict[str, str]:
 
 
 class _Records:
-    """Layer records of (model, task, split): from the trace store, else one LLM pass."""
+    """Layer records of (model, task, split, probe): from the trace store, else one LLM pass;
+    tuned lenses likewise from their cache, else fitted on the train prompts."""
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
         self.trainer_kwargs = {k: v for k, v in cfg.trainer.items() if v is not None}
         root = cfg.traces.dir or cache.cache_root() / "traces"
         self.store = TraceStore(Path(root)) if cfg.traces.enabled else None
+        self.lenses = LensStore(Path(root).parent / "probes") if self.store else None
+
+    def _precision(self, loaded: LoadedModel) -> str:
+        return f"{loaded.dtype}|{self.cfg.trainer.precision}"
 
     def __call__(
-        self, loaded: LoadedModel, task: str, split: str, encoded: EncodedPrompts
+        self,
+        loaded: LoadedModel,
+        task: str,
+        split: str,
+        encoded: EncodedPrompts,
+        probe: Probe | None = None,
     ) -> LayerRecords:
+        probe = probe or LogitLens()
+
         def compute() -> LayerRecords:
             bs = self.cfg.batch_size
-            return extract_records(loaded, encoded, bs, self.trainer_kwargs)
+            return extract_records(loaded, encoded, bs, self.trainer_kwargs, probe)
 
         if self.store is None:
             return compute()
@@ -168,9 +236,30 @@ class _Records:
             seed=self.cfg.seed,
             instances=len(encoded.input_ids),
             data=data_digest(encoded),
-            precision=f"{loaded.dtype}|{self.cfg.trainer.precision}",
+            precision=self._precision(loaded),
+            probe=probe.fingerprint,
         )
         return self.store.get_or_compute(key, compute)
+
+    def probe(self, loaded: LoadedModel, train: EncodedPrompts) -> Probe:
+        """The configured probe for ``loaded``; a tuned lens is fitted on ``train``."""
+        if self.cfg.probe.name == "logit_lens":
+            return LogitLens()
+        ridge = float(self.cfg.probe.ridge)
+
+        def fit() -> TunedLens:
+            bs = self.cfg.batch_size
+            return fit_tuned_lens(loaded, train, bs, ridge, self.trainer_kwargs)
+
+        if self.lenses is None:
+            return fit()
+        key = {
+            "model_identity": loaded.identity,
+            "data": data_digest(train),
+            "ridge": ridge,
+            "precision": self._precision(loaded),
+        }
+        return self.lenses.get_or_fit(key, fit)
 
 
 def _features(name: str) -> tuple[str, ...]:
@@ -194,6 +283,7 @@ def _log_outcome(outcome: Outcome, loaded: LoadedModel, config_yaml: str) -> Non
     tracking.log_tables(_tables(outcome) | {"tradeoff": curve}, config_yaml)
     with tempfile.TemporaryDirectory() as tmp:
         outcome.policy.save(Path(tmp) / "policy")
+        outcome.probe.save(Path(tmp) / "policy")  # a tuned lens travels with its policy
         tracking.log_folder(Path(tmp) / "policy", "policy")
 
 
@@ -207,11 +297,22 @@ def run(cfg: DictConfig) -> dict[str, float]:
     policy = _build(cfg.classifier, "classifier", features=_features(cfg.feature_set))
     if cfg.engine:
         check_online(policy)
+    if cfg.probe.name not in PROBES:
+        raise AdaInferError(f"unknown probe {cfg.probe.name!r}", f"use probe= one of {PROBES}")
+    limit = RiskLimit(cfg.risk.epsilon, cfg.risk.delta) if cfg.risk.epsilon is not None else None
     fit_tasks = {k: _build(node, "fit.tasks") for k, node in (cfg.fit.tasks or {}).items()}
     fit_spec = _build(cfg.fit.model, "fit.model") if cfg.fit.model else None
 
     members = task.tasks if isinstance(task, Suite) else {task.name: task}
     splits = {name: member.load() for name, member in members.items()}  # data errors first
+    if limit is not None:
+        for name, split in splits.items():
+            if not split.calibration:
+                raise AdaInferError(
+                    f"risk.epsilon={limit.epsilon} needs a calibration split, and task {name!r} "
+                    "has none",
+                    "hold out train instances for it: task.n_calibration=500 (with task.n_train)",
+                )
     fit_splits = {t.name: t.load() for t in fit_tasks.values()}
     loaded = model_spec.load()
     fit_loaded = fit_spec.load() if fit_spec else loaded
@@ -220,6 +321,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
         return prepare(member, split, model, cfg.shots, cfg.seed, cfg.context_length)
 
     prepared = {name: encode(member, splits[name], loaded) for name, member in members.items()}
+    calibration = {}
+    if limit is not None:
+        calibration = {
+            name: prepare_calibration(
+                member, splits[name], loaded, cfg.shots, cfg.seed, cfg.context_length
+            )
+            for name, member in members.items()
+        }
 
     # Where the exit classifier's training pairs come from (generalization study, Table 6).
     def encode_train(member: Task, split: Splits, model: LoadedModel) -> EncodedPrompts:
@@ -229,7 +338,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         (t.name, encode_train(t, fit_splits[t.name], fit_loaded)) for t in fit_tasks.values()
     ]
     fit_own = {}  # inter-model: each task's own train split, prompted for the other model
-    if fit_spec and not fit_tasks:
+    if fit_spec:
         fit_own = {name: encode_train(m, splits[name], fit_loaded) for name, m in members.items()}
 
     params = {
@@ -248,6 +357,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "fit_tasks": ",".join(t.name for t in fit_tasks.values()) or "own",
         "fit_model": fit_loaded.name,
         "fit_include_own": bool(cfg.fit.include_own),
+        "probe": cfg.probe.name,
+        "probe_ridge": cfg.probe.get("ridge"),
+        "risk_epsilon": cfg.risk.epsilon,
+        "risk_delta": cfg.risk.delta if limit is not None else None,
+        "risk_resplits": cfg.risk.resplits if limit is not None else None,
     }
     records = _Records(cfg)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
@@ -255,24 +369,32 @@ def run(cfg: DictConfig) -> dict[str, float]:
     tags = _sweep_tags()
     uri = cfg.mlflow.tracking_uri
 
-    def fit_records(name: str) -> LayerRecords:
+    def fit_records(name: str, probe: Probe, fit_probe: Probe) -> LayerRecords:
+        """Where the training pairs come from; each model is read through its own probe."""
         if fit_tasks:
-            parts = [records(fit_loaded, t, "train", enc) for t, enc in fit_sources]
+            parts = [records(fit_loaded, t, "train", enc, fit_probe) for t, enc in fit_sources]
             if cfg.fit.include_own:
-                parts.append(records(loaded, name, "train", prepared[name][0]))
+                parts.append(records(loaded, name, "train", prepared[name][0], probe))
             return LayerRecords.concat(parts) if len(parts) > 1 else parts[0]
         if fit_spec:
-            return records(fit_loaded, name, "train", fit_own[name])
-        return records(loaded, name, "train", prepared[name][0])
+            return records(fit_loaded, name, "train", fit_own[name], fit_probe)
+        return records(loaded, name, "train", prepared[name][0], probe)
 
     def one(name: str) -> dict[str, float]:
         train, test = prepared[name]
         misses = records.store.misses if records.store else 0
+        # A tuned lens is fitted per model on its own train prompts of this task.
+        probe = records.probe(loaded, train)
+        fit_probe = records.probe(fit_loaded, fit_own[name]) if fit_spec else probe
         outcome = score(
             copy.deepcopy(policy),  # each task fits its own classifier
-            fit_records(name),
-            records(loaded, name, "test", test),
+            fit_records(name, probe, fit_probe),
+            records(loaded, name, "test", test, probe),
             loaded,
+            probe,
+            records(loaded, name, "calibration", calibration[name], probe) if limit else None,
+            limit,
+            cfg.risk.resplits,
         )
         if cfg.engine:
             outcome.metrics |= costs.engine_metrics(
@@ -282,6 +404,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 cfg.batch_size,
                 trace_exits=outcome.result.exit_layer,
                 gold=test.gold,
+                probe=probe,
             )
         outcome.metrics["prompts_truncated"] = float(train.truncated + test.truncated)
         outcome.metrics["demos_dropped"] = float(train.dropped_demos + test.dropped_demos)
@@ -293,7 +416,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     def sizes(name: str) -> dict[str, int]:
         train, test = prepared[name]
-        return {"n_train": len(train.input_ids), "n_test": len(test.input_ids)}
+        n_cal = len(calibration[name].input_ids) if limit else 0
+        return {
+            "n_train": len(train.input_ids),
+            "n_test": len(test.input_ids),
+            "n_calibration": n_cal,
+        }
 
     if not isinstance(task, Suite):
         with tracking.tracked_run(

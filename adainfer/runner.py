@@ -16,18 +16,20 @@ from torch.utils.data import DataLoader
 from adainfer.encoding import EncodedPrompts
 from adainfer.features import RECORDED, LayerRecords, probe_layers
 from adainfer.models.loading import LoadedModel
+from adainfer.probes import LogitLens, Probe, check_probe
 
 
 class LayerProbeModule(L.LightningModule):
-    """Runs the frozen LLM once per batch and returns the logit-lens features of every layer."""
+    """Runs the frozen LLM once per batch and returns every layer's features through ``probe``."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, probe: Probe | None = None) -> None:
         super().__init__()
         self.model = loaded.model
         self.parts = loaded.parts
+        self.probe = probe or LogitLens()
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
-        out = probe_layers(self.parts, batch["input_ids"], batch["attention_mask"])
+        out = probe_layers(self.parts, batch["input_ids"], batch["attention_mask"], self.probe)
         return {key: value.cpu() for key, value in out.items()} | {"index": batch["index"].cpu()}
 
 
@@ -45,21 +47,19 @@ def _collate(pad_id: int):
     return collate
 
 
-def extract_records(
-    loaded: LoadedModel,
-    encoded: EncodedPrompts,
-    batch_size: int,
-    trainer_kwargs: dict[str, Any] | None = None,
-) -> LayerRecords:
-    """Per-layer features of every prompt, from one forward pass per batch."""
-    # Similar lengths in a batch waste less compute on padding; results are put back in order.
+def length_sorted_loader(loaded: LoadedModel, encoded: EncodedPrompts, batch_size: int):
+    """Batches of prompts sorted by length (less padding); each carries its prompts' indices."""
     order = sorted(range(len(encoded.input_ids)), key=lambda i: len(encoded.input_ids[i]))
-    loader = DataLoader(
+    return DataLoader(
         [(i, encoded.input_ids[i]) for i in order],
         batch_size=batch_size,
         collate_fn=_collate(loaded.tokenizer.pad_token_id),
     )
-    trainer = L.Trainer(
+
+
+def probe_trainer(trainer_kwargs: dict[str, Any] | None = None) -> L.Trainer:
+    """A Trainer for inference passes (no logger, no checkpoints); ``trainer.*`` on top."""
+    return L.Trainer(
         **{
             "accelerator": "auto",
             "devices": 1,
@@ -69,7 +69,23 @@ def extract_records(
             **(trainer_kwargs or {}),
         }
     )
-    batches = trainer.predict(LayerProbeModule(loaded), dataloaders=loader)
+
+
+def extract_records(
+    loaded: LoadedModel,
+    encoded: EncodedPrompts,
+    batch_size: int,
+    trainer_kwargs: dict[str, Any] | None = None,
+    probe: Probe | None = None,
+) -> LayerRecords:
+    """Per-layer features of every prompt through ``probe`` (default: the logit lens), from one
+    forward pass per batch; results in the prompts' order."""
+    probe = probe or LogitLens()
+    check_probe(probe, loaded.num_layers, loaded.hidden_size)
+    loader = length_sorted_loader(loaded, encoded, batch_size)
+    batches = probe_trainer(trainer_kwargs).predict(
+        LayerProbeModule(loaded, probe), dataloaders=loader
+    )
     index = torch.cat([b["index"] for b in batches]).numpy()
 
     def in_order(key: str) -> np.ndarray:

@@ -74,10 +74,7 @@ def log_tables(tables: dict[str, pd.DataFrame], config_yaml: str) -> None:
             mlflow.log_artifact(str(path))
 
 
-def load_run_policy(run_id: str, tracking_uri: str | None = None):
-    """The fitted exit policy a run saved (its ``policy/`` artifact), ready to use."""
-    from adainfer.policies import load_policy
-
+def _policy_folder(run_id: str, tracking_uri: str | None) -> Path:
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     try:
@@ -87,4 +84,18 @@ def load_run_policy(run_id: str, tracking_uri: str | None = None):
             f"cannot fetch the policy of MLflow run {run_id!r}: {err}",
             "pass the id of a finished adainfer run (see `mlflow ui` or scripts/show_runs.py)",
         ) from None
-    return load_policy(Path(folder))
+    return Path(folder)
+
+
+def load_run_policy(run_id: str, tracking_uri: str | None = None):
+    """The fitted exit policy a run saved (its ``policy/`` artifact), ready to use."""
+    from adainfer.policies import load_policy
+
+    return load_policy(_policy_folder(run_id, tracking_uri))
+
+
+def load_run_probe(run_id: str, tracking_uri: str | None = None):
+    """The probe the run's policy reads layers through: its tuned lens, or the logit lens."""
+    from adainfer.probes import load_probe
+
+    return load_probe(_policy_folder(run_id, tracking_uri))

@@ -77,6 +77,12 @@ def fitted(kind: str, loaded):
     return policy
 
 
+def reads_all() -> GapThreshold:
+    """Probes every layer and never stops (a gap is at most 1): every feature gets recorded.
+    ``NeverExit`` reads nothing, so the engine probes only its last layer."""
+    return GapThreshold(threshold=2.0)
+
+
 # -- the model's own numbers -------------------------------------------------------------------
 def test_never_exit_gives_the_models_own_logits(tiny_model):
     ids, mask = _padded(tiny_model)
@@ -94,7 +100,7 @@ def test_every_layer_equals_the_trace_probe(tiny_model):
     """All features at all layers equal ``features.probe_layers`` on the same batch."""
     ids, mask = _padded(tiny_model)
     trace = probe_layers(tiny_model.parts, ids, mask)
-    result = EarlyExitEngine(tiny_model, NeverExit()).run(_ids(tiny_model), 8)
+    result = EarlyExitEngine(tiny_model, reads_all()).run(_ids(tiny_model), 8)
     assert np.array_equal(result.argmax, trace["argmax"].numpy())
     for name in result.values:
         np.testing.assert_allclose(result.values[name], trace[name], rtol=1e-4, atol=1e-5)
@@ -166,6 +172,22 @@ def test_fixed_exit_probes_only_where_it_stops(tiny_llama):
     assert all(w.rows == [len(w.seq_len)] * 2 for w in result.work)
 
 
+@pytest.mark.parametrize("kind", ["never", "svm at +inf"])
+def test_policies_that_cannot_stop_probe_only_the_last_layer(tiny_llama, kind):
+    """``never``, and a learned policy whose threshold risk control set to +inf, cost the full
+    model: no probe before the last layer, and the model's own answer."""
+    _, test, _, test_records = traced(tiny_llama)
+    policy = NeverExit() if kind == "never" else fitted("svm", tiny_llama)
+    policy.threshold = np.inf if kind != "never" else policy.threshold
+    result = EarlyExitEngine(tiny_llama, policy).run(test.input_ids, batch_size=5)
+    L = tiny_llama.num_layers
+    assert all(
+        w.probed[:-1] == [0] * (L - 1) and w.probed[-1] == len(w.seq_len) for w in result.work
+    )
+    assert result.prediction.tolist() == test_records.argmax[:, -1].tolist()
+    assert run_costs(result, tiny_llama.config, policy).flops_ratio == pytest.approx(1.0)
+
+
 # -- batching ----------------------------------------------------------------------------------
 def test_compaction_gives_the_batch_size_one_results(tiny_model):
     """Equal-length prompts (no padding), so only compaction differs from one at a time."""
@@ -173,7 +195,7 @@ def test_compaction_gives_the_batch_size_one_results(tiny_model):
     width = min(len(ids) for ids in test.input_ids)
     prompts = [ids[:width] for ids in test.input_ids]
     policy = GapThreshold()
-    alone = EarlyExitEngine(tiny_model, NeverExit()).run(prompts, batch_size=len(prompts))
+    alone = EarlyExitEngine(tiny_model, reads_all()).run(prompts, batch_size=len(prompts))
     policy.threshold = float(np.quantile(alone.values["gap"][:, :-1], 0.6))
     engine = EarlyExitEngine(tiny_model, policy)
     batched = engine.run(prompts, batch_size=len(prompts))
@@ -186,13 +208,13 @@ def test_compaction_gives_the_batch_size_one_results(tiny_model):
         np.testing.assert_allclose(batched.values[name], single.values[name], atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["never", "gap"])
+@pytest.mark.parametrize("kind", ["reads_all", "gap"])
 def test_padding_never_changes_a_result(tiny_model, kind):
     """A batch of mixed lengths (with compaction, for ``gap``) vs each prompt alone."""
     _, test, _, _ = traced(tiny_model)
     prompts = [ids[: len(ids) - 3 * (i % 4)] for i, ids in enumerate(test.input_ids)]
     assert len({len(ids) for ids in prompts}) > 1, "prompts of several lengths are needed"
-    policy = NeverExit()
+    policy = reads_all()
     single = EarlyExitEngine(tiny_model, policy).run(prompts, batch_size=1)
     if kind == "gap":
         policy = GapThreshold(threshold=float(np.quantile(single.values["gap"][:, :-1], 0.6)))

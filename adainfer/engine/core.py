@@ -23,6 +23,7 @@ from adainfer.engine.result import BatchWork, EngineResult, Outputs
 from adainfer.errors import AdaInferError
 from adainfer.models.loading import LoadedModel
 from adainfer.policies import ExitPolicy
+from adainfer.probes import LogitLens, Probe, check_probe
 
 
 class _Capture:
@@ -114,13 +115,15 @@ class EarlyExitEngine:
     >>> result = engine.run(encoded.input_ids, batch_size=16)  # doctest: +SKIP
     """
 
-    def __init__(self, loaded: LoadedModel, policy: ExitPolicy) -> None:
+    def __init__(self, loaded: LoadedModel, policy: ExitPolicy, probe: Probe | None = None) -> None:
         self.loaded = loaded
+        self.lens = probe or LogitLens()  # what reads a layer (adainfer.probes)
         self.model = loaded.model
         self.parts = loaded.parts
         check_supported(self.model)
         self.num_layers = self.parts.num_layers
         check_policy(policy, self.num_layers)
+        check_probe(self.lens, self.num_layers, loaded.hidden_size)
         self.policy = policy
         self.probe_every_layer = needs_features(policy)
         pad = loaded.tokenizer.pad_token_id
@@ -185,16 +188,18 @@ class EarlyExitEngine:
         )
 
     # -- one batch ---------------------------------------------------------------------------
-    def probe(self, last_hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Logit lens on [rows, hidden]: (gap, top_prob, argmax, logits)."""
-        logits = self.parts.probe_logits(last_hidden.to(self.head_dtype)).float()
+    def probe(self, last_hidden: torch.Tensor, layer: int = -1) -> tuple[torch.Tensor, ...]:
+        """Read [rows, hidden] after ``layer`` (0-based; -1 the last) through the probe:
+        (gap, top_prob, argmax, logits)."""
+        read = self.lens.translate(last_hidden, layer % self.num_layers)
+        logits = self.parts.probe_logits(read.to(self.head_dtype)).float()
         top = logits.softmax(dim=-1).topk(2, dim=-1)
         gap = top.values[:, 0] - top.values[:, 1]
         return gap, top.values[:, 0], top.indices[:, 0], logits
 
     def _probe_all(self, rows: _Rows, out: Outputs, i: int, now: torch.Tensor, capture):
         """Probe every running row after layer i; record all features; return the logits."""
-        gap, top_prob, top_id, logits = self.probe(now)
+        gap, top_prob, top_id, logits = self.probe(now, i)
         feats = {
             "gap": gap,
             "top_prob": top_prob,
@@ -211,7 +216,7 @@ class EarlyExitEngine:
         """Probe only the rows that stop after layer i (policies without features)."""
         picked = torch.from_numpy(np.flatnonzero(stop)).to(rows.hidden.device)
         last = rows.last.index_select(0, picked)
-        gap, top_prob, top_id, part = self.probe(rows.hidden[picked, last].float())
+        gap, top_prob, top_id, part = self.probe(rows.hidden[picked, last].float(), i)
         finished = rows.alive[stop]
         out.values["gap"][finished, i] = gap.cpu().numpy()
         out.values["top_prob"][finished, i] = top_prob.cpu().numpy()
@@ -257,9 +262,9 @@ class EarlyExitEngine:
                     logits = self._probe_stopping(rows, out, i, stop) if stop.any() else None
                     work.probed.append(int(stop.sum()))
                     work.classified.append(0)
-                out.finish(
-                    rows.alive[stop], depth, logits[torch.from_numpy(stop)] if vocab else None
-                )
+                if stop.any():
+                    kept = logits[torch.from_numpy(stop)] if vocab else None
+                    out.finish(rows.alive[stop], depth, kept)
                 if stop.all():
                     break
                 rows.drop(stop, now, capture)

@@ -91,7 +91,10 @@ def check_policy(policy: ExitPolicy, num_layers: int) -> None:
 
 
 def needs_features(policy: ExitPolicy) -> bool:
-    """Whether the policy reads probe features, so every visited layer must be probed."""
+    """Whether the policy reads probe features, so every visited layer must be probed
+    (not when it can never stop early: then only the last layer is read)."""
+    if policy.never_stops():
+        return False
     return bool(policy.features) or not hasattr(policy, "online_stop")
 
 
@@ -107,6 +110,8 @@ def one_layer_view(values: dict[str, np.ndarray], argmax: np.ndarray, seq_len: n
 
 def decide(policy: ExitPolicy, layer: int, view: LayerRecords | None, rows: int) -> np.ndarray:
     """Boolean [rows]: which of the active instances stop after ``layer`` (1-based)."""
+    if policy.never_stops():
+        return np.zeros(rows, dtype=bool)
     if hasattr(policy, "online_stop"):
         stop = policy.online_stop(layer, view, rows)
     else:

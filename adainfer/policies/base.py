@@ -65,6 +65,11 @@ class ExitPolicy(ABC):
     def exit_layers(self, records: LayerRecords) -> np.ndarray:
         return first_exit(self.stop_mask(records))
 
+    def never_stops(self) -> bool:
+        """True when no feature value can make it stop early (threshold +inf, nothing learnt):
+        it is the full model, and the early-exit engine need not probe for it."""
+        return self.threshold == np.inf
+
     # -- persistence -------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
         return {"features": list(self.features), "threshold": self.threshold}
@@ -107,6 +112,9 @@ class NeverExit(ExitPolicy):
 
     name = "never"
     causal = True
+
+    def never_stops(self) -> bool:
+        return True
 
     def scores(self, records: LayerRecords) -> np.ndarray:
         return np.full((records.num_instances, records.num_layers), -np.inf)

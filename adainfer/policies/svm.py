@@ -68,6 +68,9 @@ class SklearnPolicy(ExitPolicy):
             return np.full(shape, -np.inf)
         return self._raw_scores(self._X(records)).reshape(shape)
 
+    def never_stops(self) -> bool:
+        return self.model is None or super().never_stops()
+
     def params(self) -> dict[str, Any]:
         return super().params() | {"seed": self.seed, **self.kwargs}
 

@@ -111,7 +111,7 @@ class SST2Task(_LabelWordsTask):
         words = check_label_words(self.name, self.label_words, SST2_WORDS)
         train = [sst2_example(r, words) for r in load_rows(SST2_TRAIN, self.data_dir, self.name)]
         test = [sst2_example(r, words) for r in load_rows(SST2_TEST, self.data_dir, self.name)]
-        return sampled_splits(self.name, train, test, self.n_train, self.n_test, self.split_seed)
+        return sampled_splits(self, train, test)
 
 
 @dataclass
@@ -131,4 +131,4 @@ class AGNewsTask(_LabelWordsTask):
         train = [ag_news_example(r, words) for r in rows]
         rows = load_rows(AG_NEWS_TEST, self.data_dir, self.name)
         test = [ag_news_example(r, words) for r in rows]
-        return sampled_splits(self.name, train, test, self.n_train, self.n_test, self.split_seed)
+        return sampled_splits(self, train, test)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adainfer.errors import AdaInferError
-from adainfer.tasks.base import Example, Splits, cap, check_examples, shuffled_split
+from adainfer.tasks.base import Example, Splits, cap, check_examples, hold_out, shuffled_split
 from adainfer.tasks.prompts import PromptTemplate
 
 DATA_ENV = "ADAINFER_DATA_DIR"
@@ -76,25 +76,20 @@ def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
     return rows
 
 
-def sampled_splits(
-    task: str,
-    train: list[Example],
-    test: list[Example],
-    n_train: int | None,
-    n_test: int | None,
-    seed: int,
-) -> Splits:
-    """Both splits shuffled with ``seed``, capped at ``n_train`` / ``n_test``, and checked.
+def sampled_splits(task: DataTask, train: list[Example], test: list[Example]) -> Splits:
+    """Both splits shuffled with ``task.split_seed``, capped at ``n_train`` / ``n_test``, with
+    ``n_calibration`` held-out train instances after the train sample, and checked.
 
     Shuffling before the cap makes a cap a seeded random sample: the data files are ordered by
     subject (MMLU) or article (SQuAD), so their first rows would cover a single topic.
     """
+    pool = shuffled_split(train, (), task.split_seed)[0]
+    train_part, calibration = hold_out(task.name, pool, task.n_train, task.n_calibration)
     splits = Splits(
-        cap(shuffled_split(train, (), seed)[0], n_train),
-        cap(shuffled_split(test, (), seed)[0], n_test),
+        train_part, cap(shuffled_split(test, (), task.split_seed)[0], task.n_test), calibration
     )
-    check_examples(task, "train", splits.train)
-    check_examples(task, "test", splits.test)
+    check_examples(task.name, "train", splits.train)
+    check_examples(task.name, "test", splits.test)
     return splits
 
 
@@ -106,4 +101,5 @@ class DataTask:
     split_seed: int = 42  # shuffles the splits before the caps
     n_train: int | None = None  # cap on train instances (None: all)
     n_test: int | None = None  # cap on test instances (None: all)
+    n_calibration: int = 0  # held-out train instances for risk control (after the train sample)
     template: PromptTemplate = field(default_factory=PromptTemplate)

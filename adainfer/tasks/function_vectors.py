@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adainfer.errors import AdaInferError
-from adainfer.tasks.base import Example, Splits, cap, check_examples, shuffled_split
+from adainfer.tasks.base import Example, Splits, cap, check_examples, hold_out, shuffled_split
 from adainfer.tasks.data import DataTask, read_jsonl, resolve_data_dir
 
 GROUPS = ("abstractive", "extractive")
@@ -62,7 +62,8 @@ class FunctionVectorsTask(DataTask):
 
     def load(self) -> Splits:
         parts = self.load_all()
-        splits = Splits(cap(parts["train"], self.n_train), cap(parts["test"], self.n_test))
+        train, calibration = hold_out(self.name, parts["train"], self.n_train, self.n_calibration)
+        splits = Splits(train, cap(parts["test"], self.n_test), calibration)
         check_examples(self.name, "train", splits.train)
         check_examples(self.name, "test", splits.test)
         return splits

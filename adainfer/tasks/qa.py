@@ -243,7 +243,7 @@ class MMLUTask(DataTask):
         subjects = self.selected_subjects()
         train = [mmlu_example(r) for r in self._rows("dev", subjects)]
         test = [mmlu_example(r) for r in self._rows("test", subjects)]
-        return sampled_splits(self.name, train, test, self.n_train, self.n_test, self.split_seed)
+        return sampled_splits(self, train, test)
 
 
 @dataclass
@@ -263,7 +263,7 @@ class CommonsenseQATask(DataTask):
     def load(self) -> Splits:
         train = [csqa_example(r) for r in load_rows(CSQA_TRAIN, self.data_dir, self.name)]
         test = [csqa_example(r) for r in load_rows(CSQA_TEST, self.data_dir, self.name)]
-        return sampled_splits(self.name, train, test, self.n_train, self.n_test, self.split_seed)
+        return sampled_splits(self, train, test)
 
 
 @dataclass
@@ -298,4 +298,4 @@ class SquadTask(DataTask):
             rows = load_rows(SQUAD_TEST, self.data_dir, self.name)
             examples = [squad_example(r) for r in rows]
             train, test = shuffled_split(examples, (self.train_fraction,), self.split_seed)
-        return sampled_splits(self.name, train, test, self.n_train, self.n_test, self.split_seed)
+        return sampled_splits(self, train, test)

@@ -11,7 +11,7 @@ import string
 from dataclasses import dataclass, field
 
 from adainfer.errors import AdaInferError
-from adainfer.tasks.base import Example, Splits, cap, check_examples, shuffled_split
+from adainfer.tasks.base import Example, Splits, cap, check_examples, hold_out, shuffled_split
 from adainfer.tasks.prompts import PromptTemplate
 
 _NUMBER_WORDS = [
@@ -92,12 +92,14 @@ class RuleTask:
     split_seed: int = 0
     n_train: int | None = None
     n_test: int | None = None
+    n_calibration: int = 0  # held-out train instances for risk control
     template: PromptTemplate = field(default_factory=PromptTemplate)
 
     def load(self) -> Splits:
         examples = rule_examples(self.rule, list(self.sequences))
-        train, test = shuffled_split(examples, (self.train_fraction,), self.split_seed)
-        splits = Splits(cap(train, self.n_train), cap(test, self.n_test))
+        pool, test = shuffled_split(examples, (self.train_fraction,), self.split_seed)
+        train, calibration = hold_out(self.name, pool, self.n_train, self.n_calibration)
+        splits = Splits(train, cap(test, self.n_test), calibration)
         check_examples(self.name, "train", splits.train)
         check_examples(self.name, "test", splits.test)
         return splits

@@ -28,6 +28,7 @@ def function_vectors_suite(
     split_seed: int = 42,
     n_train: int | None = None,
     n_test: int | None = None,
+    n_calibration: int = 0,
     template: PromptTemplate | None = None,
 ) -> Suite:
     """A suite of Function Vectors tasks chosen by name (the rule-understanding group)."""
@@ -38,6 +39,7 @@ def function_vectors_suite(
             split_seed=split_seed,
             n_train=n_train,
             n_test=n_test,
+            n_calibration=n_calibration,
             template=template or PromptTemplate(),
         )
         for task in tasks

@@ -1,0 +1,281 @@
+"""What reads an intermediate layer: the plain logit lens, or a tuned lens of per-layer translators.
+
+The logit lens decodes layer l's hidden state with the model's own final norm and LM head,
+``P_l = softmax(W · norm(h_l))``. A small model's middle layers are not written in the final
+layer's basis, so this reads them badly (Belrose et al., 2023, "Eliciting Latent Predictions
+from Transformers with the Tuned Lens", arXiv:2303.08112). The tuned lens puts an affine
+*translator* in front of the same head, ``P_l = softmax(W · norm(A_l h_l + b_l))``, fitted so
+that ``A_l h_l + b_l`` approximates the last layer's hidden state ``h_L`` at the same position.
+The LLM stays frozen: only the translators are learnt.
+
+Here the translators are fitted in closed form, by ridge regression over every token position
+of the train prompts (the first position, whose hidden state is an attention-sink outlier in
+many models, and padding are left out), shrunk towards the identity::
+
+    A_l = (C_xx + λ I)^-1 (C_xy + λ I),   b_l = mean(h_L) − mean(h_l) A_l,
+    λ = ridge · trace(C_xx) / h
+
+with ``C`` the centred second moments. ``A_l = I, b_l = 0`` is exactly the logit lens, and the
+last layer's translator is fixed to it, so the full model's answer never changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+
+from adainfer.encoding import EncodedPrompts
+from adainfer.errors import AdaInferError
+from adainfer.models.arch import DecoderParts
+
+PROBES = ("logit_lens", "tuned")
+
+
+class LogitLens:
+    """The paper's probe: the final norm and LM head applied to the raw hidden state."""
+
+    name = "logit_lens"
+    num_layers: int | None = None
+
+    def translate(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """``hidden`` [..., L, h] (all layers) or, with ``layer`` (0-based), [..., h]."""
+        return hidden
+
+    @property
+    def fingerprint(self) -> str:
+        """What trace keys record: equal fingerprints give equal features."""
+        return self.name
+
+    def flops(self) -> float:
+        """FLOPs of translating one position at one layer (none here)."""
+        return 0.0
+
+    def save(self, folder: Path) -> None:
+        """Nothing to save: a folder without ``probe.json`` loads as the logit lens."""
+
+
+@dataclass
+class TunedLens:
+    """Per-layer affine translators: ``h ↦ h · weight[l] + bias[l]`` before the LM head."""
+
+    weight: torch.Tensor  # [L, h, h]; row vectors: out = h @ weight[l]
+    bias: torch.Tensor  # [L, h]
+    ridge: float | None = None  # how it was fitted (None: set by hand)
+    positions: int = 0  # token positions it was fitted on
+
+    name = "tuned"
+
+    def __post_init__(self) -> None:
+        if self.weight.dim() != 3 or self.weight.shape[1] != self.weight.shape[2]:
+            raise AdaInferError(
+                f"tuned lens weight has shape {tuple(self.weight.shape)}, not [layers, h, h]",
+                "fit it with adainfer.probes.fit_tuned_lens",
+            )
+        if self.bias.shape != self.weight.shape[:2]:
+            raise AdaInferError(
+                f"tuned lens bias has shape {tuple(self.bias.shape)}, "
+                f"not {tuple(self.weight.shape[:2])}",
+                "fit it with adainfer.probes.fit_tuned_lens",
+            )
+
+    @property
+    def num_layers(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.weight.shape[1]
+
+    @classmethod
+    def identity(cls, num_layers: int, hidden_size: int) -> TunedLens:
+        """Translators that change nothing: the logit lens, in tuned-lens form."""
+        eye = torch.eye(hidden_size).expand(num_layers, -1, -1).clone()
+        return cls(eye, torch.zeros(num_layers, hidden_size))
+
+    def translate(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """``hidden`` [..., L, h] (all layers) or, with ``layer`` (0-based), [..., h]."""
+        weight = self.weight.to(hidden.device, hidden.dtype)
+        bias = self.bias.to(hidden.device, hidden.dtype)
+        if layer is None:
+            return torch.einsum("...lh,lhk->...lk", hidden, weight) + bias
+        if layer == self.num_layers - 1:
+            return hidden  # fixed to the identity: the model's own answer
+        return hidden @ weight[layer] + bias[layer]
+
+    @property
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for tensor in (self.weight, self.bias):
+            digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
+        return f"{self.name}:{digest.hexdigest()[:24]}"
+
+    def flops(self) -> float:
+        """One position at one layer: an h×h product and a bias add."""
+        return 2.0 * self.hidden_size**2 + self.hidden_size
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {"weight": self.weight.contiguous(), "bias": self.bias.contiguous()},
+            str(folder / "probe.safetensors"),
+        )
+        meta = {"probe": self.name, "ridge": self.ridge, "positions": self.positions}
+        (folder / "probe.json").write_text(json.dumps(meta, indent=2))
+
+
+Probe = LogitLens | TunedLens
+
+
+def load_probe(folder: Path) -> Probe:
+    """The probe saved beside a policy (``probe.json``), else the logit lens."""
+    meta_path = Path(folder) / "probe.json"
+    if not meta_path.is_file():
+        return LogitLens()
+    meta = json.loads(meta_path.read_text())
+    if meta.get("probe") != "tuned":
+        raise AdaInferError(f"unknown saved probe {meta.get('probe')!r}", f"known: {PROBES}")
+    tensors = load_file(str(Path(folder) / "probe.safetensors"))
+    return TunedLens(tensors["weight"], tensors["bias"], meta["ridge"], meta["positions"])
+
+
+def check_probe(probe: Probe, num_layers: int, hidden_size: int) -> None:
+    """A tuned lens must have been fitted on a model of this depth and width."""
+    if isinstance(probe, TunedLens) and (
+        probe.num_layers != num_layers or probe.hidden_size != hidden_size
+    ):
+        raise AdaInferError(
+            f"the tuned lens has {probe.num_layers} layers of width {probe.hidden_size}, the "
+            f"model {num_layers} of width {hidden_size}",
+            "fit the tuned lens on this model (probe=tuned fits one on the train prompts)",
+        )
+
+
+# -- fitting ----------------------------------------------------------------------------------
+class _MomentsModule(L.LightningModule):
+    """Accumulates, per layer, the moments a ridge fit of h_l → h_L needs (float64)."""
+
+    def __init__(self, parts: DecoderParts, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.parts = parts
+        self.count = 0
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def _add(self, name: str, value: torch.Tensor) -> None:
+        value = value.double().cpu()
+        self.sums[name] = self.sums[name] + value if name in self.sums else value
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> int:
+        outputs: list[torch.Tensor] = []
+
+        def keep(_module, _args, output):
+            outputs.append(output[0] if isinstance(output, tuple) else output)
+
+        handles = [layer.register_forward_hook(keep) for layer in self.parts.layers]
+        try:
+            with torch.no_grad():
+                self.parts.backbone(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    use_cache=False,
+                )
+        finally:
+            for handle in handles:
+                handle.remove()
+        keep_pos = batch["attention_mask"].bool().clone()
+        keep_pos[:, 0] = False  # the first position: an attention-sink outlier
+        x = torch.stack([o[keep_pos] for o in outputs]).float()  # [L, n, h]
+        y = x[-1]
+        self.count += y.shape[0]
+        self._add("x", x.sum(dim=1))
+        self._add("y", y.sum(dim=0))
+        self._add("xx", x.transpose(1, 2) @ x)
+        self._add("xy", x.transpose(1, 2) @ y)
+        return y.shape[0]  # positions used (the moments stay on the module)
+
+
+def fit_tuned_lens(
+    loaded: Any,
+    encoded: EncodedPrompts,
+    batch_size: int = 8,
+    ridge: float = 0.1,
+    trainer_kwargs: dict[str, Any] | None = None,
+) -> TunedLens:
+    """Closed-form ridge translators fitted on every position of ``encoded`` (the train prompts).
+
+    ``loaded`` is a :class:`~adainfer.models.loading.LoadedModel`. One forward pass per batch,
+    run by a Lightning Trainer like the feature extraction.
+    """
+    from adainfer.runner import length_sorted_loader, probe_trainer
+
+    if ridge < 0:
+        raise AdaInferError(f"probe.ridge={ridge} is negative", "use a ridge of 0 or more")
+    module = _MomentsModule(loaded.parts, loaded.model)
+    loader: DataLoader = length_sorted_loader(loaded, encoded, batch_size)
+    probe_trainer(trainer_kwargs).predict(module, dataloaders=loader, return_predictions=False)
+    n = module.count
+    if n < 2:
+        raise AdaInferError(
+            f"the tuned lens needs token positions to fit on; the train prompts gave {n}",
+            "use longer or more train prompts (task.n_train)",
+        )
+    s = module.sums
+    mean_x, mean_y = s["x"] / n, s["y"] / n  # [L, h], [h]
+    cxx = s["xx"] - n * mean_x[:, :, None] * mean_x[:, None, :]
+    cxy = s["xy"] - n * mean_x[:, :, None] * mean_y[None, None, :]
+    layers, h = mean_x.shape
+    eye = torch.eye(h, dtype=torch.float64)
+    lam = ridge * torch.diagonal(cxx, dim1=1, dim2=2).sum(dim=1) / h  # [L]
+    weight = torch.linalg.solve(cxx + lam[:, None, None] * eye, cxy + lam[:, None, None] * eye)
+    bias = mean_y - torch.einsum("lh,lhk->lk", mean_x, weight)
+    weight[-1], bias[-1] = eye, 0.0  # the last layer reads as the model does
+    return TunedLens(weight.float(), bias.float(), ridge, n)
+
+
+class LensStore:
+    """Fitted tuned lenses under ``root``, one folder per key (model identity, train-prompt
+    digest, ridge, precision), so a sweep over classifiers fits each lens once.
+
+    A folder is written under a temporary name and renamed into place; one whose key does not
+    match, or that does not load, is refitted.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, key: dict[str, Any]) -> Path:
+        payload = json.dumps(key, sort_keys=True).encode()
+        return self.root / hashlib.sha256(payload).hexdigest()[:32]
+
+    def get_or_fit(self, key: dict[str, Any], fit: Callable[[], TunedLens]) -> TunedLens:
+        folder = self.path(key)
+        try:
+            if json.loads((folder / "key.json").read_text()) == key:
+                lens = load_probe(folder)
+                if isinstance(lens, TunedLens):
+                    return lens
+        except (OSError, ValueError, KeyError, AdaInferError):
+            pass  # absent or damaged: fit again
+        lens = fit()
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".lens-", dir=self.root))
+        try:
+            lens.save(tmp)
+            (tmp / "key.json").write_text(json.dumps(key, sort_keys=True))
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return lens

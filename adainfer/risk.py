@@ -1,0 +1,204 @@
+"""Risk-controlled exit: pick a policy's threshold so that accuracy drops by at most ε, w.p. 1−δ.
+
+Learn-then-Test (Angelopoulos, Bates, Candès, Jordan, Lei, 2021, "Learn then Test: Calibrating
+Predictive Algorithms to Achieve Risk Control", arXiv:2110.01052), with a binomial tail bound
+and fixed-sequence testing:
+
+- **Loss.** On a labelled calibration instance exited at threshold λ,
+  ``ℓ(λ) = 1[the full model is right and the exit is wrong]``. The accuracy drop against the
+  full model, ``E[1[full right] − 1[exit right]]``, is at most ``R(λ) = E[ℓ(λ)]``, so
+  ``R(λ) ≤ ε`` guarantees a drop of at most ε (conservatively: an exit that fixes a wrong
+  full-model answer earns no credit).
+- **Tests.** For each λ, the null hypothesis ``H_λ: R(λ) > ε`` has the exact binomial p-value
+  ``p_λ = P(Binomial(n, ε) ≤ Σ ℓ_i(λ))``: for i.i.d. calibration instances Σ ℓ is
+  Binomial(n, R(λ)), and under the null (R > ε) this tail is at most its value at R = ε.
+- **Fixed-sequence testing.** The candidate thresholds are ordered from the most cautious
+  (+∞: never exit, zero loss by construction) to the most aggressive *before* looking at the
+  calibration data (they are quantiles of the policy's scores on the train split). Walk down
+  the list and reject while ``p_λ ≤ δ``; stop at the first failure. This controls the
+  family-wise error rate at δ for any loss, monotone or not, so the most aggressive rejected λ̂
+  has ``P(R(λ̂) > ε) ≤ δ`` over the draw of the calibration set.
+
+With ``n`` calibration instances, a threshold with ``k`` losses is accepted only when
+``P(Bin(n, ε) ≤ k) ≤ δ``: at ε = 0.01 and δ = 0.1, ``n ≥ 230`` for ``k = 0``. Smaller
+calibration sets can certify nothing and leave the full model — the guarantee costs data.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.stats import beta, binom
+
+from adainfer.errors import AdaInferError
+from adainfer.evaluate import apply_exits
+from adainfer.features import LayerRecords
+from adainfer.policies.base import ExitPolicy, first_exit
+
+
+@dataclass(frozen=True)
+class RiskLimit:
+    """The user's knob: lose at most ``epsilon`` accuracy, with probability ≥ 1 − ``delta``."""
+
+    epsilon: float
+    delta: float = 0.1
+    grid: int = 200  # candidate thresholds (quantiles of the train scores)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.epsilon < 1:
+            raise AdaInferError(
+                f"risk.epsilon={self.epsilon} is not a fraction in (0, 1)",
+                "give the accuracy you may lose as a fraction, e.g. risk.epsilon=0.01 (1 point)",
+            )
+        if not 0 < self.delta < 1:
+            raise AdaInferError(
+                f"risk.delta={self.delta} is not a probability in (0, 1)",
+                "use e.g. risk.delta=0.1",
+            )
+        if self.grid < 1:
+            raise AdaInferError(f"risk.grid={self.grid}", "use one or more candidate thresholds")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What calibration chose and why (logged with a ``risk_`` prefix)."""
+
+    threshold: float  # λ̂; +inf: nothing certified, never exit
+    losses: int  # Σ ℓ(λ̂) on the calibration split
+    n: int  # calibration instances
+    p_value: float  # of H_λ̂ (1.0 for +inf, which needs no test)
+    upper_bound: float  # one-sided (1−δ) Clopper–Pearson bound on R(λ̂)
+    cal_drop: float  # acc_full − acc at λ̂ on the calibration split
+    tested: int  # thresholds rejected before the first failure
+    certified: bool  # whether any finite threshold was certified
+
+    def metrics(self) -> dict[str, float]:
+        return {f"risk_{k}": float(v) for k, v in asdict(self).items()}
+
+
+def losses(records: LayerRecords, exit_layer: np.ndarray) -> np.ndarray:
+    """ℓ per instance: the full model is right and the exit is wrong."""
+    result = apply_exits(records, exit_layer)
+    return (result.full_prediction == records.gold) & (result.prediction != records.gold)
+
+
+def p_value(k: int, n: int, epsilon: float) -> float:
+    """Exact binomial p-value of ``H: R > ε`` after ``k`` losses in ``n`` draws."""
+    return float(binom.cdf(k, n, epsilon))
+
+
+def upper_bound(k: int, n: int, delta: float) -> float:
+    """One-sided (1−δ) Clopper–Pearson upper confidence bound on a Bernoulli mean."""
+    return 1.0 if k >= n else float(beta.ppf(1 - delta, k + 1, n - k))
+
+
+def candidate_thresholds(policy: ExitPolicy, train: LayerRecords, grid: int) -> np.ndarray:
+    """Thresholds from the most cautious (+∞) down: quantiles of the policy's train scores.
+
+    They depend on the train split only, never on the calibration split, as fixed-sequence
+    testing requires.
+    """
+    scores = policy.scores(train).ravel()
+    scores = scores[np.isfinite(scores)]
+    if scores.size == 0:
+        return np.array([np.inf])
+    qs = np.unique(np.quantile(scores, np.linspace(0.0, 1.0, grid)))
+    # stop_mask is ``score > threshold``: nudging each quantile down lets it stop too.
+    below = np.nextafter(qs, -np.inf)
+    return np.concatenate([[np.inf], np.sort(below)[::-1]])
+
+
+def calibrate(
+    policy: ExitPolicy, train: LayerRecords, calibration: LayerRecords, limit: RiskLimit
+) -> Calibration:
+    """Set ``policy.threshold`` to the most aggressive threshold Learn-then-Test certifies.
+
+    ``policy`` must be fitted; ``calibration`` holds labelled instances not used to fit it.
+    """
+    n = calibration.num_instances
+    if n == 0:
+        raise AdaInferError(
+            "risk control needs a calibration split, and it is empty",
+            "set task.n_calibration (held-out instances, e.g. 500)",
+        )
+    scores = policy.scores(calibration)
+    chosen, k_chosen, p_chosen, tested = np.inf, 0, 1.0, 0
+    for threshold in candidate_thresholds(policy, train, limit.grid)[1:]:
+        k = int(losses(calibration, first_exit(scores > threshold)).sum())
+        p = p_value(k, n, limit.epsilon)
+        if p > limit.delta:
+            break
+        chosen, k_chosen, p_chosen, tested = float(threshold), k, p, tested + 1
+    policy.threshold = chosen
+    exits = policy.exit_layers(calibration)
+    result = apply_exits(calibration, exits)
+    drop = float(
+        np.mean(result.full_prediction == calibration.gold)
+        - np.mean(result.prediction == calibration.gold)
+    )
+    return Calibration(
+        threshold=chosen,
+        losses=k_chosen,
+        n=n,
+        p_value=p_chosen,
+        upper_bound=upper_bound(k_chosen, n, limit.delta),
+        cal_drop=drop,
+        tested=tested,
+        certified=math.isfinite(chosen),
+    )
+
+
+def min_calibration_size(epsilon: float, delta: float) -> int:
+    """The fewest calibration instances with which a loss-free threshold can be certified."""
+    return math.ceil(math.log(delta) / math.log1p(-epsilon))
+
+
+def _take(records: LayerRecords, rows: np.ndarray) -> LayerRecords:
+    return LayerRecords(
+        {k: v[rows] for k, v in records.values.items()},
+        records.argmax[rows],
+        records.gold[rows],
+        records.seq_len[rows],
+    )
+
+
+def resplit_check(
+    policy: ExitPolicy,
+    train: LayerRecords,
+    calibration: LayerRecords,
+    test: LayerRecords,
+    limit: RiskLimit,
+    splits: int,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Does the guarantee hold here? Pool calibration and test, redraw ``splits`` random
+    calibration/test partitions of the same sizes, calibrate a copy of the fitted ``policy`` on
+    each, and count how often its accuracy drop on the test part exceeds ε (the guarantee says
+    at most about δ of the time; the test part's own sampling noise adds to that).
+    """
+    pool = LayerRecords.concat([calibration, test])
+    n_cal = calibration.num_instances
+    rng = np.random.default_rng(seed)
+    drops, certified, exits = [], [], []
+    for _ in range(splits):
+        order = rng.permutation(pool.num_instances)
+        cal, held = _take(pool, order[:n_cal]), _take(pool, order[n_cal:])
+        trial = copy.deepcopy(policy)
+        certified.append(calibrate(trial, train, cal, limit).certified)
+        result = apply_exits(held, trial.exit_layers(held))
+        drops.append(
+            np.mean(result.full_prediction == held.gold) - np.mean(result.prediction == held.gold)
+        )
+        exits.append(result.exit_layer.mean())
+    drops_arr = np.asarray(drops)
+    return {
+        "risk_resplits": float(splits),
+        "risk_resplit_exceed_rate": float(np.mean(drops_arr > limit.epsilon)),
+        "risk_resplit_drop_mean": float(drops_arr.mean()),
+        "risk_resplit_drop_max": float(drops_arr.max()),
+        "risk_resplit_certified_rate": float(np.mean(certified)),
+        "risk_resplit_exit_layer_mean": float(np.mean(exits)),
+    }

@@ -1,0 +1,142 @@
+"""Tuned-lens probes: the identity is the logit lens; fitted translators read layers better."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose_cfg
+
+from adainfer import pipeline
+from adainfer.costs import ModelDims, trace_flops_ratio
+from adainfer.engine import EarlyExitEngine
+from adainfer.errors import AdaInferError
+from adainfer.policies import GapThreshold, NeverExit
+from adainfer.probes import LensStore, LogitLens, TunedLens, fit_tuned_lens, load_probe
+from adainfer.runner import extract_records
+from adainfer.tasks import FunctionVectorsTask, RuleTask
+from adainfer.tracking import load_run_probe
+
+QUIET = {"enable_progress_bar": False}
+
+
+def _prompts(loaded, n_train=24, n_test=16):
+    task = RuleTask(n_train=n_train, n_test=n_test)
+    return pipeline.prepare(task, task.load(), loaded, shots=3, seed=0)
+
+
+def test_identity_translator_is_exactly_the_logit_lens(tiny_model):
+    _, test = _prompts(tiny_model)
+    plain = extract_records(tiny_model, test, 8, QUIET)
+    eye = TunedLens.identity(tiny_model.num_layers, tiny_model.hidden_size)
+    tuned = extract_records(tiny_model, test, 8, QUIET, probe=eye)
+    for name in plain.values:
+        np.testing.assert_array_equal(tuned.values[name], plain.values[name])
+    np.testing.assert_array_equal(tuned.argmax, plain.argmax)
+    # ... and online, in the engine, layer by layer.
+    policy = GapThreshold(threshold=0.5).fit(plain)
+    online = EarlyExitEngine(tiny_model, policy, eye).run(test.input_ids, 4)
+    np.testing.assert_array_equal(
+        online.exit_layer, EarlyExitEngine(tiny_model, policy).run(test.input_ids, 4).exit_layer
+    )
+
+
+def test_fitted_lens_keeps_the_last_layer_and_the_models_answer(tiny_llama):
+    train, test = _prompts(tiny_llama)
+    lens = fit_tuned_lens(tiny_llama, train, 8, ridge=0.1, trainer_kwargs=QUIET)
+    assert lens.positions > len(train.input_ids)  # every position, not one per prompt
+    assert torch.equal(lens.weight[-1], torch.eye(tiny_llama.hidden_size))
+    assert not torch.allclose(lens.weight[0], torch.eye(tiny_llama.hidden_size))
+    plain = extract_records(tiny_llama, test, 8, QUIET)
+    tuned = extract_records(tiny_llama, test, 8, QUIET, probe=lens)
+    np.testing.assert_array_equal(tuned.argmax[:, -1], plain.argmax[:, -1])
+    assert not np.array_equal(tuned.argmax[:, :-1], plain.argmax[:, :-1])
+
+
+@pytest.mark.slow
+def test_fitted_translators_raise_agreement_on_held_out_prompts(smollm2_model, data_dir):
+    """On the real model, fitted on one set of prompts and scored on others."""
+    task = FunctionVectorsTask(name="antonym", data_dir=str(data_dir), n_train=48, n_test=48)
+    train, test = pipeline.prepare(task, task.load(), smollm2_model, shots=3, seed=0)
+    lens = fit_tuned_lens(smollm2_model, train, 8, ridge=0.1, trainer_kwargs=QUIET)
+
+    def agreement(probe) -> np.ndarray:
+        r = extract_records(smollm2_model, test, 8, QUIET, probe=probe)
+        return (r.argmax[:, :-1] == r.argmax[:, -1:]).mean(axis=0)  # per layer, L-1 values
+
+    plain, tuned = agreement(LogitLens()), agreement(lens)
+    assert tuned.mean() > plain.mean() + 0.1, (plain.round(2), tuned.round(2))
+    assert (tuned >= plain - 0.05).mean() > 0.9  # better at (almost) every layer, not on average
+
+
+def test_lens_saves_reloads_and_caches_by_key(tiny_llama, tmp_path):
+    train, test = _prompts(tiny_llama)
+    lens = fit_tuned_lens(tiny_llama, train, 8, trainer_kwargs=QUIET)
+    lens.save(tmp_path / "saved")
+    again = load_probe(tmp_path / "saved")
+    assert torch.equal(again.weight, lens.weight) and again.fingerprint == lens.fingerprint
+    assert isinstance(load_probe(tmp_path / "nothing-here"), LogitLens)
+    store, calls = LensStore(tmp_path / "store"), []
+
+    def fit():
+        calls.append(1)
+        return lens
+
+    store.get_or_fit({"data": "a"}, fit)
+    assert store.get_or_fit({"data": "a"}, fit).fingerprint == lens.fingerprint
+    assert len(calls) == 1
+    store.get_or_fit({"data": "b"}, fit)  # another key never reuses it
+    assert len(calls) == 2
+
+
+def test_lens_of_another_model_is_refused(tiny_llama):
+    _, test = _prompts(tiny_llama)
+    other = TunedLens.identity(tiny_llama.num_layers + 1, tiny_llama.hidden_size)
+    with pytest.raises(AdaInferError, match="fit the tuned lens on this model"):
+        extract_records(tiny_llama, test, 8, QUIET, probe=other)
+    with pytest.raises(AdaInferError, match="fit the tuned lens on this model"):
+        EarlyExitEngine(tiny_llama, NeverExit(), other)
+
+
+def test_honest_flops_count_probes_and_translators(tiny_llama):
+    _, test = _prompts(tiny_llama)
+    records = extract_records(tiny_llama, test, 8, QUIET)
+    L, config = tiny_llama.num_layers, tiny_llama.config
+    full = trace_flops_ratio(
+        np.full(records.num_instances, L), records.seq_len, config, NeverExit()
+    )
+    np.testing.assert_allclose(full, 1.0)
+    gap = GapThreshold().fit(records)
+    at = np.full(records.num_instances, L // 2)
+    plain = trace_flops_ratio(at, records.seq_len, config, gap)
+    eye = TunedLens.identity(L, tiny_llama.hidden_size)
+    tuned = trace_flops_ratio(at, records.seq_len, config, gap, eye)
+    dims = ModelDims.from_config(config)
+    full_cost = np.array([L * dims.layer(s) + dims.head() + dims.vocab for s in records.seq_len])
+    # Translators at each of the L/2 probed layers, on top of the same probes.
+    np.testing.assert_allclose((tuned - plain) * full_cost, (L // 2) * eye.flops())
+    assert np.all(plain * full_cost > (L // 2) * np.array([dims.layer(s) for s in records.seq_len]))
+
+
+def test_pipeline_with_tuned_probe_logs_and_reloads_the_lens(tracking_uri, tmp_path):
+    common = [
+        "model=tiny_llama",
+        "task.n_train=20",
+        "shots=2",
+        f"mlflow.tracking_uri={tracking_uri}",
+        "mlflow.experiment=probes",
+        f"traces.dir={tmp_path}",
+    ]
+    metrics = pipeline.run(compose_cfg([*common, "probe=tuned"]))
+    assert metrics["honest_flops_ratio"] > 0
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    run = mlflow.search_runs(experiment_names=["probes"], output_format="list")[0]
+    assert run.data.params["probe"] == "tuned"
+    lens = load_run_probe(run.info.run_id, tracking_uri)
+    assert isinstance(lens, TunedLens) and lens.num_layers == 4
+    keys = {p.name for p in tmp_path.glob("*.parquet")}
+    # Traces through the lens never share a file with logit-lens traces of the same prompts.
+    pipeline.run(compose_cfg([*common, "probe=logit_lens"]))
+    assert len({p.name for p in tmp_path.glob("*.parquet")} - keys) == 2
