@@ -206,7 +206,7 @@ def trace_flops_ratio(
     batch size 1 (width = the prompt's own length), over the full model's answer.
 
     A policy that reads features probes (softmax, top-2; a tuned lens translates first) and
-    scores every layer before its exit and the exit itself; one that reads none (``never``, a
+    scores every layer from its ``first_layer`` to its exit; one that reads none (``never``, a
     fixed exit, a threshold of +inf) reads only its exit layer. At the last layer every row
     stops anyway, so there the answer costs what the full model's does: the head and an argmax.
     """
@@ -217,7 +217,8 @@ def trace_flops_ratio(
     early = exit_layer < L
     answer = dims.head() + dims.vocab
     if needs_features(policy):
-        reads = np.minimum(exit_layer, L - 1)  # probed, translated and scored layers
+        # probed, translated and scored: first_layer .. the exit (the last layer: the answer)
+        reads = np.clip(np.minimum(exit_layer, L - 1) - policy.first_layer + 1, 0, None)
         per_read = dims.probe() + classifier_flops(policy)
         per_read += probe.flops() if probe is not None else 0.0
         reading = reads * per_read + np.where(early, 0.0, answer)

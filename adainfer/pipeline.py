@@ -33,7 +33,7 @@ from adainfer.evaluate import ExitResult, apply_exits, layer_accuracy
 from adainfer.features import FEATURE_SETS, LayerRecords
 from adainfer.models import cache
 from adainfer.models.loading import LoadedModel
-from adainfer.policies.base import ExitPolicy
+from adainfer.policies.base import ExitPolicy, earliest_settled
 from adainfer.probes import PROBES, LensStore, LogitLens, Probe, TunedLens, fit_tuned_lens
 from adainfer.risk import RiskLimit, calibrate, resplit_check
 from adainfer.runner import extract_records
@@ -125,17 +125,24 @@ def score(
     calibration: LayerRecords | None = None,
     limit: RiskLimit | None = None,
     resplits: int = 0,
+    first_layer: int | str | None = None,
 ) -> Outcome:
     """Fit the policy on ``fit_records``, calibrate its threshold on ``calibration`` to the
     ``limit`` when one is given (:mod:`adainfer.risk`), and score it on ``test_records``.
     With ``resplits``, also check the guarantee on that many random redraws of the
-    calibration/test partition (:func:`adainfer.risk.resplit_check`).
+    calibration/test partition (:func:`adainfer.risk.resplit_check`). ``first_layer`` (a layer,
+    or ``"auto"``: :func:`~adainfer.policies.base.earliest_settled` on the fit records) is where
+    the policy starts reading layers.
 
     Besides Eq. 2 (``flops_ratio``), ``honest_flops_ratio`` charges every probe, translator and
     classifier call the exits imply (:func:`adainfer.costs.trace_flops_ratio`).
     """
     probe = probe or LogitLens()
     policy.fit(fit_records)
+    if first_layer == "auto":
+        policy.first_layer = earliest_settled(fit_records)
+    elif first_layer is not None:
+        policy.first_layer = int(first_layer)
     calibrated = {}
     if limit is not None and calibration is not None:
         if policy.deployable:
@@ -299,6 +306,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
         check_online(policy)
     if cfg.probe.name not in PROBES:
         raise AdaInferError(f"unknown probe {cfg.probe.name!r}", f"use probe= one of {PROBES}")
+    first = cfg.probe.first_layer
+    if first != "auto" and not (isinstance(first, int) and 1 <= first <= 10_000):
+        raise AdaInferError(
+            f"probe.first_layer={first!r}", "use a layer number (1 = every layer) or auto"
+        )
     limit = RiskLimit(cfg.risk.epsilon, cfg.risk.delta) if cfg.risk.epsilon is not None else None
     fit_tasks = {k: _build(node, "fit.tasks") for k, node in (cfg.fit.tasks or {}).items()}
     fit_spec = _build(cfg.fit.model, "fit.model") if cfg.fit.model else None
@@ -359,6 +371,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "fit_include_own": bool(cfg.fit.include_own),
         "probe": cfg.probe.name,
         "probe_ridge": cfg.probe.get("ridge"),
+        "probe_first_layer": cfg.probe.first_layer,
         "risk_epsilon": cfg.risk.epsilon,
         "risk_delta": cfg.risk.delta if limit is not None else None,
         "risk_resplits": cfg.risk.resplits if limit is not None else None,
@@ -395,6 +408,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             records(loaded, name, "calibration", calibration[name], probe) if limit else None,
             limit,
             cfg.risk.resplits,
+            cfg.probe.first_layer,
         )
         if cfg.engine:
             outcome.metrics |= costs.engine_metrics(

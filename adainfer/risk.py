@@ -36,7 +36,7 @@ from scipy.stats import beta, binom
 from adainfer.errors import AdaInferError
 from adainfer.evaluate import apply_exits
 from adainfer.features import LayerRecords
-from adainfer.policies.base import ExitPolicy, first_exit
+from adainfer.policies.base import ExitPolicy
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,11 @@ def calibrate(
 
     ``policy`` must be fitted; ``calibration`` holds labelled instances not used to fit it.
     """
+    if getattr(policy, "viterbi", False):
+        raise AdaInferError(
+            "risk control sets a threshold on the policy's scores, and a Viterbi CRF has none",
+            "use classifier.viterbi=false (threshold on the CRF marginals) or another policy",
+        )
     n = calibration.num_instances
     if n == 0:
         raise AdaInferError(
@@ -127,7 +132,7 @@ def calibrate(
     scores = policy.scores(calibration)
     chosen, k_chosen, p_chosen, tested = np.inf, 0, 1.0, 0
     for threshold in candidate_thresholds(policy, train, limit.grid)[1:]:
-        k = int(losses(calibration, first_exit(scores > threshold)).sum())
+        k = int(losses(calibration, policy.first_exits(scores > threshold)).sum())
         p = p_value(k, n, limit.epsilon)
         if p > limit.delta:
             break

@@ -10,7 +10,6 @@ import pandas as pd
 from adainfer.evaluate import apply_exits
 from adainfer.features import LayerRecords
 from adainfer.policies import ExitPolicy, NeverExit, OracleConsistent, OracleGold
-from adainfer.policies.base import first_exit
 
 
 def _point(records: LayerRecords, exits: np.ndarray, h: int, V: int) -> dict[str, float]:
@@ -33,7 +32,7 @@ def tradeoff_curve(
     finite = scores[np.isfinite(scores)]
     if finite.size:
         for threshold in np.unique(np.quantile(finite, np.linspace(0, 1, points))):
-            exits = first_exit(scores > threshold)
+            exits = policy.first_exits(scores > threshold)
             rows.append(
                 {"policy": policy.name, "threshold": float(threshold)}
                 | _point(records, exits, hidden_size, vocab_size)

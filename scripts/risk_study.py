@@ -3,7 +3,9 @@
 For each model and task (default: the rules suite, SST-2 and AG News, 5-shot), runs the
 pipeline (tracked in MLflow, experiment "risk") for the SVM through the logit lens and through
 a tuned lens, each with its own threshold and risk-controlled at ``--epsilon`` (Learn-then-Test,
-δ = ``--delta``, on ``--n-calibration`` held-out train instances), plus both oracles. Prints
+δ = ``--delta``, on ``--n-calibration`` held-out train instances; these read layers from
+``--first-layer``, by default the first where 5% of train instances have settled), plus both
+oracles (every layer). Prints
 (and writes to ``--out``) the accuracy drop against the full model and the honest FLOPs ratio
 (probes, translators and classifier included), then, for the risk-controlled runs, how often
 the test drop exceeded ε over ``--resplits`` random calibration/test partitions. The LLM runs
@@ -31,9 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 # (label, overrides): what each column of the table is.
 METHODS = [
     ("svm", ["classifier=svm", "probe=logit_lens"]),
-    ("svm+risk", ["classifier=svm", "probe=logit_lens", "risk.epsilon={eps}"]),
+    ("svm+risk", ["classifier=svm", "probe=logit_lens", "risk.epsilon={eps}", "{first}"]),
     ("tuned svm", ["classifier=svm", "probe=tuned"]),
-    ("tuned svm+risk", ["classifier=svm", "probe=tuned", "risk.epsilon={eps}"]),
+    ("tuned svm+risk", ["classifier=svm", "probe=tuned", "risk.epsilon={eps}", "{first}"]),
     ("oracle_gold", ["classifier=oracle_gold", "probe=logit_lens"]),
     ("tuned oracle_gold", ["classifier=oracle_gold", "probe=tuned"]),
     ("oracle_consistent", ["classifier=oracle_consistent", "probe=logit_lens"]),
@@ -78,6 +80,11 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=100)
     parser.add_argument("--n-test", type=int, default=200)
     parser.add_argument("--n-calibration", type=int, default=400)
+    parser.add_argument(
+        "--first-layer",
+        default="auto",
+        help="probe.first_layer of the risk-controlled SVMs (auto, or 1 = every layer)",
+    )
     parser.add_argument("--experiment", default="risk")
     parser.add_argument("--out", type=Path, default=None, help="write the tables here")
     args = parser.parse_args()
@@ -100,7 +107,8 @@ def main() -> None:
                 f"mlflow.experiment={args.experiment}",
             ]
             for label, extra in METHODS:
-                extra = [o.format(eps=args.epsilon) for o in extra]
+                first = f"probe.first_layer={args.first_layer}"
+                extra = [o.format(eps=args.epsilon, first=first) for o in extra]
                 metrics = run_one(common + extra)
                 for name, m in per_task(metrics, task).items():
                     row = {"model": model, "task": name, "method": label}

@@ -161,6 +161,25 @@ def test_online_decisions_equal_trace_evaluation(tiny_model, kind):
     assert sum(sum(w.rows) for w in result.work) == result.exit_layer.sum()
 
 
+@pytest.mark.parametrize("kind", ["svm", "gap"])
+def test_first_layer_skips_probes_and_keeps_the_trace_decisions(tiny_model, kind):
+    """A policy that reads layers from ``first_layer`` on: no probe before it, and the same
+    exits as trace evaluation under the same rule; the cosine features at ``first_layer``
+    still compare with the layer before."""
+    _, test, _, test_records = traced(tiny_model)
+    policy = fitted(kind, tiny_model)
+    policy.first_layer = 2
+    expected = apply_exits(test_records, policy.exit_layers(test_records))
+    assert expected.exit_layer.min() >= 2 and (expected.exit_layer < tiny_model.num_layers).any()
+    result = EarlyExitEngine(tiny_model, policy).run(test.input_ids, batch_size=5)
+    assert result.exit_layer.tolist() == expected.exit_layer.tolist()
+    assert all(w.probed[0] == 0 and w.probed[1] == len(w.seq_len) for w in result.work)
+    np.testing.assert_allclose(
+        result.values["cos_hidden"][:, 1], test_records.values["cos_hidden"][:, 1], atol=1e-5
+    )
+    assert np.isnan(result.values["gap"][:, 0]).all()
+
+
 def test_fixed_exit_probes_only_where_it_stops(tiny_llama):
     _, test, _, test_records = traced(tiny_llama)
     policy = FixedExit(2)

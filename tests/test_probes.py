@@ -11,7 +11,8 @@ from adainfer import pipeline
 from adainfer.costs import ModelDims, trace_flops_ratio
 from adainfer.engine import EarlyExitEngine
 from adainfer.errors import AdaInferError
-from adainfer.policies import GapThreshold, NeverExit
+from adainfer.policies import GapThreshold, NeverExit, OracleConsistent
+from adainfer.policies.base import earliest_settled
 from adainfer.probes import LensStore, LogitLens, TunedLens, fit_tuned_lens, load_probe
 from adainfer.runner import extract_records
 from adainfer.tasks import FunctionVectorsTask, RuleTask
@@ -140,3 +141,18 @@ def test_pipeline_with_tuned_probe_logs_and_reloads_the_lens(tracking_uri, tmp_p
     # Traces through the lens never share a file with logit-lens traces of the same prompts.
     pipeline.run(compose_cfg([*common, "probe=logit_lens"]))
     assert len({p.name for p in tmp_path.glob("*.parquet")} - keys) == 2
+
+
+def test_earliest_settled_and_the_probes_it_saves(tiny_llama):
+    _, test = _prompts(tiny_llama)
+    records = extract_records(tiny_llama, test, 8, QUIET)
+    L = records.num_layers
+    settled = OracleConsistent().fit(records).exit_layers(records)
+    first = earliest_settled(records, share=0.25)
+    assert np.mean(settled <= first) >= 0.25 and (first == 1 or np.mean(settled < first) < 0.25)
+    gap = GapThreshold(threshold=2.0).fit(records)  # reads every layer, never stops early
+    every = trace_flops_ratio(np.full(len(settled), L), records.seq_len, tiny_llama.config, gap)
+    gap.first_layer = L  # reads only the last layer: the full model's cost
+    late = trace_flops_ratio(np.full(len(settled), L), records.seq_len, tiny_llama.config, gap)
+    np.testing.assert_allclose(late, 1.0)
+    assert np.all(every > late)

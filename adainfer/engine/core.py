@@ -251,7 +251,13 @@ class EarlyExitEngine:
                     capture.last, capture.width = rows.last, rows.width
                 rows.advance(layer, i)
                 now = None
-                if self.probe_every_layer:
+                if self.probe_every_layer and depth < self.policy.first_layer:
+                    now = rows.last_hidden()  # the cosines at first_layer compare with it
+                    stop = np.zeros(rows.n, dtype=bool)  # no probe, no decision yet
+                    logits = None
+                    work.probed.append(0)
+                    work.classified.append(0)
+                elif self.probe_every_layer:
                     now = rows.last_hidden()
                     logits = self._probe_all(rows, out, i, now, capture)
                     stop = self._decide(depth, rows.n, partial(out.view, rows, i))

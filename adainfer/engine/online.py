@@ -83,6 +83,11 @@ def check_policy(policy: ExitPolicy, num_layers: int) -> None:
             f"this model has {num_layers}",
             "fit the policy on layer records of this model (adainfer.runner.extract_records)",
         )
+    if not 1 <= policy.first_layer <= num_layers:
+        raise AdaInferError(
+            f"policy {policy.name!r} has first_layer={policy.first_layer}, outside 1..{num_layers}",
+            f"set first_layer to a layer of this model (1..{num_layers})",
+        )
     if isinstance(policy, SklearnPolicy) and policy.num_layers is None:
         raise AdaInferError(
             f"policy {policy.name!r} is not fitted",

@@ -44,6 +44,8 @@ class ExitPolicy(ABC):
         self.features = tuple(features)
         self.threshold = self.default_threshold if threshold is None else float(threshold)
         self.num_layers: int | None = None  # of the records it was fitted on
+        # No exit (and, in the engine, no probe) before this layer; see ``earliest_settled``.
+        self.first_layer = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -63,7 +65,14 @@ class ExitPolicy(ABC):
         return self.scores(records) > self.threshold
 
     def exit_layers(self, records: LayerRecords) -> np.ndarray:
-        return first_exit(self.stop_mask(records))
+        return self.first_exits(self.stop_mask(records))
+
+    def first_exits(self, stop: np.ndarray) -> np.ndarray:
+        """1-based exit layers of a [N, L] stop mask, no earlier than ``first_layer``."""
+        if self.first_layer > 1:
+            stop = stop.copy()
+            stop[:, : self.first_layer - 1] = False
+        return first_exit(stop)
 
     def never_stops(self) -> bool:
         """True when no feature value can make it stop early (threshold +inf, nothing learnt):
@@ -77,7 +86,12 @@ class ExitPolicy(ABC):
     def save(self, folder: Path) -> None:
         """Write ``policy.json`` (+ a model file for learned policies) into ``folder``."""
         folder.mkdir(parents=True, exist_ok=True)
-        meta = {"policy": self.name, "params": self.params(), "num_layers": self.num_layers}
+        meta = {
+            "policy": self.name,
+            "params": self.params(),
+            "num_layers": self.num_layers,
+            "first_layer": self.first_layer,
+        }
         meta["model_file"] = self._save_model(folder)
         (folder / "policy.json").write_text(json.dumps(meta, indent=2))
 
@@ -102,6 +116,7 @@ def load_policy(folder: Path) -> ExitPolicy:
         )
     policy = cls(**meta["params"])
     policy.num_layers = meta["num_layers"]
+    policy.first_layer = int(meta.get("first_layer", 1))
     if meta["model_file"]:
         policy._load_model(Path(folder) / meta["model_file"])
     return policy
@@ -132,3 +147,13 @@ def single_class(labels: np.ndarray, policy: str) -> bool:
         )
         return True
     return False
+
+
+def earliest_settled(records: LayerRecords, share: float = 0.05) -> int:
+    """The first layer at which at least ``share`` of the instances already give their final
+    answer at every later layer (their ``oracle_consistent`` exit): before it, an exit almost
+    always changes the answer, so probing there costs and buys nothing. From train records."""
+    same = records.argmax == records.argmax[:, -1:]
+    settled = np.flip(np.logical_and.accumulate(np.flip(same, axis=1), axis=1), axis=1)
+    exits = first_exit(settled)
+    return int(np.clip(np.floor(np.quantile(exits, share)), 1, records.num_layers))
