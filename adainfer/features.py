@@ -60,11 +60,14 @@ def probe_layers(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     probe: Probe | None = None,
+    also: tuple[Probe, ...] = (),
 ) -> dict[str, torch.Tensor]:
     """Features of the last real token at every layer, each of shape [batch, layers].
 
     ``gap``, ``top_prob`` and the argmax are read through ``probe`` (default: the logit lens;
-    see :mod:`adainfer.probes`); the cosine features describe the model's own states.
+    see :mod:`adainfer.probes`); the cosine features describe the model's own states. Each probe
+    in ``also`` reads the same hidden states too (keys ``also<i>:gap`` ...): one forward pass
+    for several probes.
     Padding must be on the right: the last real token is found from ``attention_mask``.
     """
     batch = torch.arange(input_ids.shape[0], device=input_ids.device)
@@ -93,17 +96,27 @@ def probe_layers(
         for handle in handles:
             handle.remove()
     hidden = torch.stack(captured["hidden"], dim=1)  # [batch, layers, hidden]
-    head_dtype = parts.lm_head.weight.dtype
+    out = read_layers(parts, hidden, probe) | {
+        "cos_attn": _consecutive_cosine(torch.stack(captured["attn"], dim=1), None),
+        "cos_mlp": _consecutive_cosine(torch.stack(captured["mlp"], dim=1), None),
+        "cos_hidden": _consecutive_cosine(hidden, captured["input"][0]),
+    }
+    for i, other in enumerate(also):  # more probes of the same forward pass
+        out |= {f"also{i}:{k}": v for k, v in read_layers(parts, hidden, other).items()}
+    return out
+
+
+def read_layers(
+    parts: DecoderParts, hidden: torch.Tensor, probe: Probe | None = None
+) -> dict[str, torch.Tensor]:
+    """``gap``, ``top_prob`` and ``argmax`` of hidden states [batch, layers, h] through a probe."""
     read = hidden if probe is None else probe.translate(hidden)
-    logits = parts.probe_logits(read.to(head_dtype)).float()
+    logits = parts.probe_logits(read.to(parts.lm_head.weight.dtype)).float()
     top = logits.softmax(dim=-1).topk(2, dim=-1)
     return {
         "gap": top.values[..., 0] - top.values[..., 1],
         "top_prob": top.values[..., 0],
         "argmax": top.indices[..., 0],
-        "cos_attn": _consecutive_cosine(torch.stack(captured["attn"], dim=1), None),
-        "cos_mlp": _consecutive_cosine(torch.stack(captured["mlp"], dim=1), None),
-        "cos_hidden": _consecutive_cosine(hidden, captured["input"][0]),
     }
 
 

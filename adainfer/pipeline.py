@@ -36,7 +36,7 @@ from adainfer.models.loading import LoadedModel
 from adainfer.policies.base import ExitPolicy, earliest_settled
 from adainfer.probes import PROBES, LensStore, LogitLens, Probe, TunedLens, fit_tuned_lens
 from adainfer.risk import RiskLimit, calibrate, resplit_check
-from adainfer.runner import extract_records
+from adainfer.runner import extract_records, extract_records_multi
 from adainfer.tasks.base import Splits, Task
 from adainfer.tasks.prompts import build_prompts
 from adainfer.tasks.suite import Suite
@@ -228,25 +228,32 @@ class _Records:
     ) -> LayerRecords:
         probe = probe or LogitLens()
 
+        def key(probe: Probe) -> TraceKey:
+            return TraceKey(
+                model=loaded.name,
+                model_identity=loaded.identity,
+                task=task,
+                split=split,
+                shots=self.cfg.shots,
+                seed=self.cfg.seed,
+                instances=len(encoded.input_ids),
+                data=data_digest(encoded),
+                precision=self._precision(loaded),
+                probe=probe.fingerprint,
+            )
+
         def compute() -> LayerRecords:
+            # A tuned-lens pass also stores the logit-lens trace: the comparison run is free.
+            probes = [probe] if isinstance(probe, LogitLens) else [probe, LogitLens()]
             bs = self.cfg.batch_size
-            return extract_records(loaded, encoded, bs, self.trainer_kwargs, probe)
+            records = extract_records_multi(loaded, encoded, bs, self.trainer_kwargs, probes)
+            if self.store is not None and len(records) > 1:
+                self.store.put(key(probes[1]), records[1])
+            return records[0]
 
         if self.store is None:
             return compute()
-        key = TraceKey(
-            model=loaded.name,
-            model_identity=loaded.identity,
-            task=task,
-            split=split,
-            shots=self.cfg.shots,
-            seed=self.cfg.seed,
-            instances=len(encoded.input_ids),
-            data=data_digest(encoded),
-            precision=self._precision(loaded),
-            probe=probe.fingerprint,
-        )
-        return self.store.get_or_compute(key, compute)
+        return self.store.get_or_compute(key(probe), compute)
 
     def probe(self, loaded: LoadedModel, train: EncodedPrompts) -> Probe:
         """The configured probe for ``loaded``; a tuned lens is fitted on ``train``."""

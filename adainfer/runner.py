@@ -22,14 +22,18 @@ from adainfer.probes import LogitLens, Probe, check_probe
 class LayerProbeModule(L.LightningModule):
     """Runs the frozen LLM once per batch and returns every layer's features through ``probe``."""
 
-    def __init__(self, loaded: LoadedModel, probe: Probe | None = None) -> None:
+    def __init__(
+        self, loaded: LoadedModel, probe: Probe | None = None, also: tuple[Probe, ...] = ()
+    ) -> None:
         super().__init__()
         self.model = loaded.model
         self.parts = loaded.parts
         self.probe = probe or LogitLens()
+        self.also = also
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
-        out = probe_layers(self.parts, batch["input_ids"], batch["attention_mask"], self.probe)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        out = probe_layers(self.parts, ids, mask, self.probe, self.also)
         return {key: value.cpu() for key, value in out.items()} | {"index": batch["index"].cpu()}
 
 
@@ -80,12 +84,23 @@ def extract_records(
 ) -> LayerRecords:
     """Per-layer features of every prompt through ``probe`` (default: the logit lens), from one
     forward pass per batch; results in the prompts' order."""
-    probe = probe or LogitLens()
-    check_probe(probe, loaded.num_layers, loaded.hidden_size)
+    return extract_records_multi(loaded, encoded, batch_size, trainer_kwargs, [probe])[0]
+
+
+def extract_records_multi(
+    loaded: LoadedModel,
+    encoded: EncodedPrompts,
+    batch_size: int,
+    trainer_kwargs: dict[str, Any] | None,
+    probes: list[Probe | None],
+) -> list[LayerRecords]:
+    """:func:`extract_records` through several probes at once: one forward pass per batch."""
+    probes = [p or LogitLens() for p in probes]
+    for probe in probes:
+        check_probe(probe, loaded.num_layers, loaded.hidden_size)
     loader = length_sorted_loader(loaded, encoded, batch_size)
-    batches = probe_trainer(trainer_kwargs).predict(
-        LayerProbeModule(loaded, probe), dataloaders=loader
-    )
+    module = LayerProbeModule(loaded, probes[0], tuple(probes[1:]))
+    batches = probe_trainer(trainer_kwargs).predict(module, dataloaders=loader)
     index = torch.cat([b["index"] for b in batches]).numpy()
 
     def in_order(key: str) -> np.ndarray:
@@ -95,4 +110,10 @@ def extract_records(
         return ordered
 
     values = {key: in_order(key) for key in RECORDED}
-    return LayerRecords(values, in_order("argmax"), encoded.gold, encoded.seq_len)
+    out = [LayerRecords(values, in_order("argmax"), encoded.gold, encoded.seq_len)]
+    for i in range(len(probes) - 1):
+        read = {k: in_order(f"also{i}:{k}") for k in ("gap", "top_prob")}
+        cosines = {k: values[k] for k in RECORDED if k not in read}  # the model's, not a probe's
+        argmax = in_order(f"also{i}:argmax")
+        out.append(LayerRecords(read | cosines, argmax, encoded.gold, encoded.seq_len))
+    return out

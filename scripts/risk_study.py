@@ -106,7 +106,8 @@ def main() -> None:
                 f"risk.resplits={args.resplits}",
                 f"mlflow.experiment={args.experiment}",
             ]
-            for label, extra in METHODS:
+            # Tuned-lens runs first: their LLM pass also stores the logit-lens traces.
+            for label, extra in sorted(METHODS, key=lambda m: "probe=tuned" not in m[1]):
                 first = f"probe.first_layer={args.first_layer}"
                 extra = [o.format(eps=args.epsilon, first=first) for o in extra]
                 metrics = run_one(common + extra)

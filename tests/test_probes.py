@@ -14,7 +14,7 @@ from adainfer.errors import AdaInferError
 from adainfer.policies import GapThreshold, NeverExit, OracleConsistent
 from adainfer.policies.base import earliest_settled
 from adainfer.probes import LensStore, LogitLens, TunedLens, fit_tuned_lens, load_probe
-from adainfer.runner import extract_records
+from adainfer.runner import extract_records, extract_records_multi
 from adainfer.tasks import FunctionVectorsTask, RuleTask
 from adainfer.tracking import load_run_probe
 
@@ -137,10 +137,26 @@ def test_pipeline_with_tuned_probe_logs_and_reloads_the_lens(tracking_uri, tmp_p
     assert run.data.params["probe"] == "tuned"
     lens = load_run_probe(run.info.run_id, tracking_uri)
     assert isinstance(lens, TunedLens) and lens.num_layers == 4
-    keys = {p.name for p in tmp_path.glob("*.parquet")}
-    # Traces through the lens never share a file with logit-lens traces of the same prompts.
+    traces = {p.name for p in tmp_path.glob("*.parquet")}
+    # One pass stored both probes' traces (train and test): distinct files, distinct keys.
+    assert len(traces) == 4
     pipeline.run(compose_cfg([*common, "probe=logit_lens"]))
-    assert len({p.name for p in tmp_path.glob("*.parquet")} - keys) == 2
+    assert {p.name for p in tmp_path.glob("*.parquet")} == traces
+    runs = mlflow.search_runs(experiment_names=["probes"], order_by=["start_time DESC"])
+    assert runs["tags.llm_forward"].iloc[0] == "trace_store"
+
+
+def test_one_pass_through_two_probes_equals_two_passes(tiny_llama):
+    train, test = _prompts(tiny_llama)
+    lens = fit_tuned_lens(tiny_llama, train, 8, trainer_kwargs=QUIET)
+    tuned, plain = extract_records_multi(tiny_llama, test, 8, QUIET, [lens, LogitLens()])
+    for alone, both in (
+        (extract_records(tiny_llama, test, 8, QUIET, probe=lens), tuned),
+        (extract_records(tiny_llama, test, 8, QUIET), plain),
+    ):
+        np.testing.assert_array_equal(both.argmax, alone.argmax)
+        for name in alone.values:
+            np.testing.assert_array_equal(both.values[name], alone.values[name])
 
 
 def test_earliest_settled_and_the_probes_it_saves(tiny_llama):
