@@ -35,7 +35,7 @@ from adainfer.models import cache
 from adainfer.models.loading import LoadedModel
 from adainfer.policies.base import ExitPolicy, earliest_settled
 from adainfer.probes import PROBES, LensStore, LogitLens, Probe, TunedLens, fit_tuned_lens
-from adainfer.risk import RiskLimit, calibrate, resplit_check
+from adainfer.risk import RiskLimit, calibrate, check_calibratable, resplit_check
 from adainfer.runner import extract_records, extract_records_multi
 from adainfer.tasks.base import Splits, Task
 from adainfer.tasks.prompts import build_prompts
@@ -319,6 +319,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             f"probe.first_layer={first!r}", "use a layer number (1 = every layer) or auto"
         )
     limit = RiskLimit(cfg.risk.epsilon, cfg.risk.delta) if cfg.risk.epsilon is not None else None
+    if limit is not None:
+        check_calibratable(policy)
     fit_tasks = {k: _build(node, "fit.tasks") for k, node in (cfg.fit.tasks or {}).items()}
     fit_spec = _build(cfg.fit.model, "fit.model") if cfg.fit.model else None
 

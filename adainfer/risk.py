@@ -111,6 +111,16 @@ def candidate_thresholds(policy: ExitPolicy, train: LayerRecords, grid: int) -> 
     return np.concatenate([[np.inf], np.sort(below)[::-1]])
 
 
+def check_calibratable(policy: ExitPolicy) -> None:
+    """Refuse a policy without a threshold to set (a Viterbi CRF decides by its tag path)."""
+    if getattr(policy, "viterbi", False):
+        raise AdaInferError(
+            "risk control sets a threshold on the policy's scores, and a Viterbi CRF has none",
+            "give the CRF a threshold on its marginals (+classifier.threshold=0.5), "
+            "or use another policy",
+        )
+
+
 def calibrate(
     policy: ExitPolicy, train: LayerRecords, calibration: LayerRecords, limit: RiskLimit
 ) -> Calibration:
@@ -118,11 +128,7 @@ def calibrate(
 
     ``policy`` must be fitted; ``calibration`` holds labelled instances not used to fit it.
     """
-    if getattr(policy, "viterbi", False):
-        raise AdaInferError(
-            "risk control sets a threshold on the policy's scores, and a Viterbi CRF has none",
-            "use classifier.viterbi=false (threshold on the CRF marginals) or another policy",
-        )
+    check_calibratable(policy)
     n = calibration.num_instances
     if n == 0:
         raise AdaInferError(

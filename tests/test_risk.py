@@ -88,6 +88,7 @@ def test_too_few_calibration_instances_certify_nothing():
         (["task.n_train=1000", "task.n_calibration=10"], "none are left for calibration"),
         (["probe.name=nope"], "unknown probe"),
         (["probe.first_layer=0"], "probe.first_layer=0"),
+        (["classifier=crf", "risk.epsilon=0.01"], "a Viterbi CRF has none"),
     ],
 )
 def test_bad_risk_settings_fail_before_any_run(overrides, message, tracking_uri):
