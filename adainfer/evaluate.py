@@ -43,3 +43,19 @@ def apply_exits(records: LayerRecords, exit_layer: np.ndarray) -> ExitResult:
 def layer_accuracy(records: LayerRecords) -> np.ndarray:
     """Accuracy of exiting every instance at layer l, for l = 1..L (the paper's Fig. 1)."""
     return records.labels.mean(axis=0)
+
+
+def layer_agreement(records: LayerRecords) -> np.ndarray:
+    """Share of instances whose layer-l argmax is already the last layer's, for l = 1..L:
+    how well the probe reads the model's final answer off each layer (1.0 at the last)."""
+    return (records.argmax == records.argmax[:, -1:]).mean(axis=0)
+
+
+def agreement_metrics(records: LayerRecords) -> dict[str, float]:
+    """``agree_mean`` over layers 1..L-1, and ``agree_half_layer``: the first layer where at
+    least half of the instances already agree with the last layer."""
+    curve = layer_agreement(records)
+    return {
+        "agree_mean": float(curve[:-1].mean()) if len(curve) > 1 else 1.0,
+        "agree_half_layer": float(np.argmax(curve >= 0.5) + 1),
+    }

@@ -29,7 +29,13 @@ from adainfer import costs, tracking
 from adainfer.encoding import EncodedPrompts, check_label_tokens, encode_prompts
 from adainfer.engine import check_online
 from adainfer.errors import AdaInferError
-from adainfer.evaluate import ExitResult, apply_exits, layer_accuracy
+from adainfer.evaluate import (
+    ExitResult,
+    agreement_metrics,
+    apply_exits,
+    layer_accuracy,
+    layer_agreement,
+)
 from adainfer.features import FEATURE_SETS, LayerRecords
 from adainfer.models import cache
 from adainfer.models.loading import LoadedModel
@@ -160,6 +166,7 @@ def score(
         result.exit_layer, test_records.seq_len, loaded.config, policy, probe
     )
     metrics["honest_flops_ratio"] = float(np.mean(honest))
+    metrics |= agreement_metrics(test_records)
     return Outcome(metrics | calibrated, fit_records, test_records, result, policy, probe)
 
 
@@ -285,6 +292,7 @@ def _features(name: str) -> tuple[str, ...]:
 def _log_outcome(outcome: Outcome, loaded: LoadedModel, config_yaml: str) -> None:
     tracking.log_metrics(outcome.metrics)
     tracking.log_layer_curve("acc_layer", layer_accuracy(outcome.test))
+    tracking.log_layer_curve("agree_layer", layer_agreement(outcome.test))
     curve = tradeoff_curve(outcome.policy, outcome.test, loaded.hidden_size, loaded.vocab_size)
     refs = curve[curve.threshold.isna()].set_index("policy")
     tracking.log_metrics(

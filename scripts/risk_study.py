@@ -41,7 +41,16 @@ METHODS = [
     ("oracle_consistent", ["classifier=oracle_consistent", "probe=logit_lens"]),
     ("tuned oracle_consistent", ["classifier=oracle_consistent", "probe=tuned"]),
 ]
-KEEP = ("acc_full", "acc", "acc_drop", "honest_flops_ratio", "flops_ratio", "exit_layer_mean")
+KEEP = (
+    "acc_full",
+    "acc",
+    "acc_drop",
+    "honest_flops_ratio",
+    "flops_ratio",
+    "exit_layer_mean",
+    "agree_mean",
+    "agree_half_layer",
+)
 RISK = (
     "risk_certified",
     "risk_threshold",
@@ -152,6 +161,11 @@ def main() -> None:
             "exit_layer_mean",
         ]
     ]
+    lenses = frame[frame.method.isin(["svm", "tuned svm"])].pivot(
+        index=["model", "task"], columns="method", values=["agree_mean", "agree_half_layer"]
+    )
+    lenses.columns = [f"{probe} {what}" for what, probe in lenses.columns]
+    lenses = lenses.reset_index()
     head = (
         f"{args.shots}-shot, n_train={args.n_train}, n_test={args.n_test}, "
         f"n_calibration={args.n_calibration}, epsilon={args.epsilon}, delta={args.delta}, "
@@ -166,6 +180,10 @@ def main() -> None:
             f"Risk control over {args.resplits} random calibration/test splits "
             f"(exceed_rate: share of splits whose test drop > epsilon; guarantee: about delta):",
             checks.to_markdown(index=False, floatfmt=".3f"),
+            "How well each probe reads the final answer off the layers, on the test split "
+            "(agree_mean: share of (instance, layer < L) pairs whose argmax is the last layer's; "
+            "agree_half_layer: first layer where half the instances agree); svm = logit lens:",
+            lenses.to_markdown(index=False, floatfmt=".3f"),
             f"total {time.perf_counter() - start:.0f} s",
         ]
     )

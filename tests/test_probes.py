@@ -172,3 +172,14 @@ def test_earliest_settled_and_the_probes_it_saves(tiny_llama):
     late = trace_flops_ratio(np.full(len(settled), L), records.seq_len, tiny_llama.config, gap)
     np.testing.assert_allclose(late, 1.0)
     assert np.all(every > late)
+
+
+def test_layer_agreement_counts_instances_that_already_give_the_final_answer():
+    from adainfer.evaluate import agreement_metrics, layer_agreement
+    from adainfer.features import LayerRecords
+
+    argmax = np.array([[1, 2, 3], [3, 3, 3], [4, 2, 2], [5, 5, 6]])
+    gap = np.zeros(argmax.shape, dtype=np.float32)
+    records = LayerRecords({"gap": gap, "top_prob": gap}, argmax, np.zeros(4), np.ones(4))
+    np.testing.assert_allclose(layer_agreement(records), [0.25, 0.5, 1.0])
+    assert agreement_metrics(records) == {"agree_mean": 0.375, "agree_half_layer": 2.0}
