@@ -2,6 +2,7 @@
 
 python scripts/show_runs.py                 # experiment "adainfer"
 python scripts/show_runs.py --experiment my-sweep --csv runs.csv
+python scripts/show_runs.py --where classifier=svm shots=5 --no-suites   # runs with these params
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ def main() -> None:
     parser.add_argument(
         "--no-suites", action="store_true", help="leave out suite parents (keep per-task runs)"
     )
+    parser.add_argument(
+        "--where", nargs="+", default=[], metavar="PARAM=VALUE", help="keep runs with these params"
+    )
     args = parser.parse_args()
+    where = dict(w.split("=", 1) for w in args.where if "=" in w)
+    if len(where) != len(args.where):
+        parser.error("--where takes PARAM=VALUE pairs, e.g. --where classifier=svm shots=5")
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)
     runs = mlflow.search_runs(experiment_names=[args.experiment], order_by=["start_time ASC"])
@@ -33,7 +40,13 @@ def main() -> None:
         )
     if args.no_suites and "params.suite_tasks" in runs:
         runs = runs[runs["params.suite_tasks"].isna()]
-    runs = runs.sort_values([c for c in ("params.shots", "params.task") if c in runs])
+    for key, value in where.items():
+        column = f"params.{key}"
+        if column not in runs:
+            raise SystemExit(f"no run logged a param {key!r}; --where needs a logged param")
+        runs = runs[runs[column] == value]
+    keys = ("params.model", "params.shots", "params.task")
+    runs = runs.sort_values([c for c in keys if c in runs], kind="stable")
     columns = ["status"] + [f"params.{p}" for p in PARAMS] + [f"metrics.{m}" for m in args.metrics]
     table = runs[[c for c in columns if c in runs]].rename(columns=lambda c: c.split(".")[-1])
     print(table.to_markdown(index=False, floatfmt=".3f"))
