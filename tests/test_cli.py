@@ -139,7 +139,7 @@ def test_failure_inside_a_run_is_not_left_running(tmp_path, tracking_uri, monkey
     def boom(*args, **kwargs):
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(pipeline, "extract_records", boom)
+    monkeypatch.setattr(pipeline, "extract_records_multi", boom)  # the LLM pass of a run
     cfg = compose_cfg(
         [
             "model=tiny_llama",
@@ -148,6 +148,7 @@ def test_failure_inside_a_run_is_not_left_running(tmp_path, tracking_uri, monkey
             "shots=0",
             f"mlflow.tracking_uri={tracking_uri}",
             "mlflow.experiment=crash",
+            f"traces.dir={tmp_path}",  # an empty store: the pass must run
         ]
     )
     with pytest.raises(RuntimeError):
