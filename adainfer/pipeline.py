@@ -85,6 +85,21 @@ def _build(node: DictConfig, what: str, **kwargs: Any) -> Any:
         ) from None
 
 
+def _encode(
+    task: Task,
+    examples: list,
+    demos: list,
+    loaded: LoadedModel,
+    shots: int,
+    seed: int,
+    max_length: int | None,
+) -> EncodedPrompts:
+    """``examples`` as prompts with ``shots`` demonstrations drawn from ``demos``, tokenized."""
+    prompts = build_prompts(examples, demos, shots, seed, getattr(task, "template", None))
+    length = min(max_length or loaded.max_length, loaded.max_length)
+    return encode_prompts(loaded.tokenizer, prompts, length)
+
+
 def prepare(
     task: Task,
     splits: Splits,
@@ -97,13 +112,9 @@ def prepare(
     labels = getattr(task, "labels", None)
     if labels:
         check_label_tokens(loaded.tokenizer, list(labels), task.name)
-    template = getattr(task, "template", None)
-    train = build_prompts(splits.train, splits.train, shots, seed, template)
-    test = build_prompts(splits.test, splits.train, shots, seed + 1, template)
-    length = min(max_length or loaded.max_length, loaded.max_length)
     return (
-        encode_prompts(loaded.tokenizer, train, length),
-        encode_prompts(loaded.tokenizer, test, length),
+        _encode(task, splits.train, splits.train, loaded, shots, seed, max_length),
+        _encode(task, splits.test, splits.train, loaded, shots, seed + 1, max_length),
     )
 
 
@@ -116,10 +127,7 @@ def prepare_calibration(
     max_length: int | None = None,
 ) -> EncodedPrompts:
     """Prompts of the calibration split (demonstrations from train, as for test)."""
-    template = getattr(task, "template", None)
-    prompts = build_prompts(splits.calibration, splits.train, shots, seed + 2, template)
-    length = min(max_length or loaded.max_length, loaded.max_length)
-    return encode_prompts(loaded.tokenizer, prompts, length)
+    return _encode(task, splits.calibration, splits.train, loaded, shots, seed + 2, max_length)
 
 
 def score(
