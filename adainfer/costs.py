@@ -45,7 +45,7 @@ from adainfer.engine import EarlyExitEngine, EngineResult, FixedExit, layer_inpu
 from adainfer.engine.online import needs_features
 from adainfer.errors import AdaInferError
 from adainfer.flops import flops_ratio
-from adainfer.policies import ExitPolicy, GapThreshold, NeverExit
+from adainfer.policies import ExitPolicy, GapThreshold
 from adainfer.policies.svm import LogRegPolicy, SVMPolicy
 from adainfer.probes import Probe
 
@@ -112,7 +112,7 @@ def classifier_flops(policy: ExitPolicy) -> float:
     ``UNKNOWN_CLASSIFIER_FLOPS``.
     """
     n_features = float(len(policy.features))
-    if isinstance(policy, NeverExit | FixedExit) or policy.never_stops():
+    if isinstance(policy, FixedExit) or policy.never_stops():
         return 0.0
     if isinstance(policy, GapThreshold):
         return 1.0

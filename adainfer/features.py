@@ -186,6 +186,15 @@ class LayerRecords:
             seq_len=frame["seq_len"].to_numpy()[::L].copy(),
         )
 
+    def take(self, rows: np.ndarray) -> LayerRecords:
+        """The instances at ``rows`` (indices or a boolean mask), in that order."""
+        return LayerRecords(
+            {k: v[rows] for k, v in self.values.items()},
+            self.argmax[rows],
+            self.gold[rows],
+            self.seq_len[rows],
+        )
+
     @staticmethod
     def concat(parts: list[LayerRecords]) -> LayerRecords:
         """Instances of several record sets (same layer count) stacked together."""

@@ -259,10 +259,11 @@ class _Records:
 
         def compute() -> LayerRecords:
             # A tuned-lens pass also stores the logit-lens trace: the comparison run is free.
-            probes = [probe] if isinstance(probe, LogitLens) else [probe, LogitLens()]
+            extra = self.store is not None and not isinstance(probe, LogitLens)
+            probes = [probe, LogitLens()] if extra else [probe]
             bs = self.cfg.batch_size
             records = extract_records_multi(loaded, encoded, bs, self.trainer_kwargs, probes)
-            if self.store is not None and len(records) > 1:
+            if extra:
                 self.store.put(key(probes[1]), records[1])
             return records[0]
 

@@ -47,7 +47,6 @@ class LogitLens:
     """The paper's probe: the final norm and LM head applied to the raw hidden state."""
 
     name = "logit_lens"
-    num_layers: int | None = None
 
     def translate(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """``hidden`` [..., L, h] (all layers) or, with ``layer`` (0-based), [..., h]."""

@@ -167,15 +167,6 @@ def min_calibration_size(epsilon: float, delta: float) -> int:
     return math.ceil(math.log(delta) / math.log1p(-epsilon))
 
 
-def _take(records: LayerRecords, rows: np.ndarray) -> LayerRecords:
-    return LayerRecords(
-        {k: v[rows] for k, v in records.values.items()},
-        records.argmax[rows],
-        records.gold[rows],
-        records.seq_len[rows],
-    )
-
-
 def resplit_check(
     policy: ExitPolicy,
     train: LayerRecords,
@@ -196,7 +187,7 @@ def resplit_check(
     drops, certified, exits = [], [], []
     for _ in range(splits):
         order = rng.permutation(pool.num_instances)
-        cal, held = _take(pool, order[:n_cal]), _take(pool, order[n_cal:])
+        cal, held = pool.take(order[:n_cal]), pool.take(order[n_cal:])
         trial = copy.deepcopy(policy)
         certified.append(calibrate(trial, train, cal, limit).certified)
         result = apply_exits(held, trial.exit_layers(held))

@@ -51,12 +51,7 @@ def test_the_guarantee_holds_over_calibration_draws():
     violations, certified, drops = 0, 0, []
     for _ in range(60):
         pick = rng.choice(pool.num_instances, size=400, replace=False)
-        cal = LayerRecords(
-            {k: v[pick] for k, v in pool.values.items()},
-            pool.argmax[pick],
-            pool.gold[pick],
-            pool.seq_len[pick],
-        )
+        cal = pool.take(pick)
         policy = GapThreshold()
         chosen = calibrate(policy, train, cal, limit)
         certified += chosen.certified
