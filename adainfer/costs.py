@@ -26,23 +26,26 @@ charges a probe at every visited layer: with Gemma-3's 262,144-token vocabulary 
 about as much as a layer over a 30-token prompt, so (b) can be far from (a).
 
 (c) :func:`time_against_full` — measured wall time of the engine against the model's own
-forward on the same batches, in the same process. :func:`layer_and_head_seconds` and
-:func:`timed_ideal_speedup` give the speedup a linear time model predicts from the *measured*
-time of a layer and of an LM head: on a CPU at small batch the head is a memory-bound
-matrix-vector product whose time share is many times its FLOPs share.
+forward on the same batches, in the same process. :func:`measure_prices`,
+:func:`price_policy` and :func:`timed_ideal_speedup` give the speedup the executed work predicts
+when each part (layer inputs, layers, probes, policy calls) is priced at its *measured* time on
+its own shape: on a CPU at small batch the head is a
+memory-bound matrix-vector product whose time share is many times its FLOPs share.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
 from adainfer.engine import EarlyExitEngine, EngineResult, FixedExit, layer_inputs
-from adainfer.engine.online import needs_features
+from adainfer.engine.online import decide, needs_features, one_layer_view
 from adainfer.errors import AdaInferError
 from adainfer.flops import flops_ratio
 from adainfer.policies import ExitPolicy, GapThreshold
@@ -286,8 +289,10 @@ def time_against_full(
     for r in range(repeats):
         for b, (index, ids, mask) in enumerate(batches):
             for name, run in runs.items():
+                synchronize(ids.device)
                 start = time.perf_counter()
                 out = run(ids, mask)
+                synchronize(ids.device)
                 seconds[name][r, b] = time.perf_counter() - start
                 if name and r == repeats - 1:
                     parts[name].append((index, out))
@@ -297,47 +302,125 @@ def time_against_full(
     }
 
 
-def layer_and_head_seconds(
-    engine: EarlyExitEngine, input_ids: torch.Tensor, attention_mask: torch.Tensor, repeats: int = 3
-) -> tuple[float, float]:
-    """Fastest-of-``repeats`` seconds of one decoder layer (all layers / L) and of one probe of
-    every row, on one batch: the two prices of the linear time model."""
-    parts, rows = engine.parts, torch.arange(len(input_ids))
-    last = attention_mask.sum(dim=1) - 1
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a wall-clock reading covers it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    @torch.no_grad()
+
+@dataclass
+class Prices:
+    """Measured seconds of the parts of a run, each timed by itself (fastest of a few):
+    building a batch's layer inputs (embeddings, masks, rotary tables) at ``(w, B)``, one decoder
+    layer and one probe on ``r`` rows of a batch of width ``w`` at ``(w, r)``, and one policy
+    call on ``r`` rows at ``r``. The prices of :func:`timed_ideal_speedup`."""
+
+    inputs: dict[tuple[int, int], float] = field(default_factory=dict)
+    layer: dict[tuple[int, int], float] = field(default_factory=dict)
+    probe: dict[tuple[int, int], float] = field(default_factory=dict)
+    classify: dict[int, float] = field(default_factory=dict)
+
+
+def _fastest(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
+    """Seconds of the fastest of ``repeats`` calls, after one untimed call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+@torch.no_grad()
+def _part_seconds(
+    engine: EarlyExitEngine, input_ids: torch.Tensor, attention_mask: torch.Tensor, repeats: int
+) -> tuple[float, float, float]:
+    """Seconds of building the layer inputs, of one decoder layer (all L / L) and of one
+    probe of every row, on one batch, with nothing of the engine around them."""
+    parts, device = engine.parts, input_ids.device
+    rows, last = torch.arange(len(input_ids), device=device), attention_mask.sum(dim=1) - 1
+    inputs = layer_inputs(engine.model, input_ids, attention_mask)
+
     def layers() -> torch.Tensor:
-        inputs = layer_inputs(engine.model, input_ids, attention_mask)
         hidden = inputs.hidden
         for i, layer in enumerate(parts.layers):
             out = layer(hidden, **inputs.kwargs(i))
             hidden = out[0] if isinstance(out, tuple) else out
         return hidden[rows, last]
 
-    def fastest(fn) -> float:
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    last_hidden = layers()
-    per_layer = fastest(layers) / parts.num_layers
-    with torch.no_grad():
-        head = fastest(lambda: engine.probe(last_hidden.float()))
-    return per_layer, head
+    build = _fastest(lambda: layer_inputs(engine.model, input_ids, attention_mask), repeats, device)
+    per_layer = _fastest(layers, repeats, device) / parts.num_layers
+    last_hidden = layers().float()
+    return build, per_layer, _fastest(lambda: engine.probe(last_hidden), repeats, device)
 
 
-def timed_ideal_speedup(result: EngineResult, layer_s: float, head_s: float) -> float:
-    """Speedup predicted from measured prices: a layer costs ``layer_s`` and a probe
-    ``head_s`` per full batch, both scaled by the share of the batch's rows that run them;
-    the full model pays L layers and one head per batch."""
+def measure_prices(
+    engine: EarlyExitEngine,
+    batches: list[tuple[np.ndarray, torch.Tensor, torch.Tensor]],
+    results: list[EngineResult],
+    repeats: int = 3,
+) -> Prices:
+    """Price every shape the full model and ``results`` ran: for each batch width ``w`` and
+    each row count ``r`` a layer ran or a probe read, time the layer inputs, L layers and one
+    probe on the first ``r`` rows of a batch of that width (``batches`` as
+    :meth:`EarlyExitEngine.batches` makes them, the ones the results came from). The policy
+    calls are priced apart, per policy (:func:`price_policy`)."""
+    source: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    needed: set[tuple[int, int]] = set()
+    for _, ids, mask in batches:
+        width = ids.shape[1]
+        needed.add((width, len(ids)))
+        if width not in source or len(ids) > len(source[width][0]):
+            source[width] = (ids, mask)
+    for result in results:
+        for work in result.work:
+            needed.update((work.width, r) for r in (*work.rows, *work.probed) if r)
+    prices = Prices()
+    for width, r in sorted(needed):
+        ids, mask = source[width]
+        seconds = _part_seconds(engine, ids[:r], mask[:r], repeats)
+        prices.inputs[width, r], prices.layer[width, r], prices.probe[width, r] = seconds
+    return prices
+
+
+def price_policy(
+    prices: Prices, policy: ExitPolicy, result: EngineResult, repeats: int = 3
+) -> Prices:
+    """``prices`` plus the seconds of one call of ``policy`` on ``r`` rows, for each ``r`` the
+    work log scored, on a one-layer view of feature values the run recorded (a call's time
+    does not depend on the values)."""
+    counts = sorted({r for work in result.work for r in work.classified if r})
+    classify = {}
+    for r in counts:
+        values = {}
+        for name, column in result.values.items():
+            seen = column[~np.isnan(column)]
+            if len(seen):
+                values[name] = np.resize(seen, r).astype(np.float32)
+        view = one_layer_view(values, np.resize(result.prediction, r), np.resize(result.seq_len, r))
+        call = partial(decide, policy, policy.first_layer, view, r)
+        classify[r] = _fastest(call, repeats, torch.device("cpu"))
+    return replace(prices, classify=classify)
+
+
+def timed_ideal_speedup(result: EngineResult, prices: Prices) -> float:
+    """The speedup the engine's executed work would give with no engine around it: per batch,
+    the full model's layer inputs, L layers and one probe on all B rows, over the layer inputs,
+    layers, probes and policy calls the work log says ran, each priced at the measured time of
+    its own shape (:func:`measure_prices`, :func:`price_policy`). Measured / this is the
+    engine's own efficiency: compaction, the features, the bookkeeping, Python."""
     full = engine = 0.0
     for work in result.work:
-        batch = len(work.seq_len)
-        full += result.num_layers * layer_s + head_s
-        engine += sum(work.rows) / batch * layer_s + sum(work.probed) / batch * head_s
+        width, batch = work.width, len(work.seq_len)
+        built = prices.inputs[width, batch]
+        full += built + result.num_layers * prices.layer[width, batch]
+        full += prices.probe[width, batch]
+        engine += built + sum(prices.layer[width, r] for r in work.rows if r)
+        engine += sum(prices.probe[width, r] for r in work.probed if r)
+        engine += sum(prices.classify[r] for r in work.classified if r)
     return full / engine
 
 

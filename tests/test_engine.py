@@ -12,11 +12,18 @@ import pytest
 import torch
 from conftest import tiny
 
-from adainfer.costs import ModelDims, classifier_flops, run_costs
+from adainfer.costs import (
+    ModelDims,
+    classifier_flops,
+    measure_prices,
+    price_policy,
+    run_costs,
+    timed_ideal_speedup,
+)
 from adainfer.engine import EarlyExitEngine, FixedExit
 from adainfer.errors import AdaInferError
 from adainfer.evaluate import apply_exits
-from adainfer.features import LayerRecords, probe_layers
+from adainfer.features import RECORDED, LayerRecords, probe_layers
 from adainfer.flops import flops_ratio
 from adainfer.pipeline import prepare
 from adainfer.policies import (
@@ -100,7 +107,7 @@ def test_every_layer_equals_the_trace_probe(tiny_model):
     """All features at all layers equal ``features.probe_layers`` on the same batch."""
     ids, mask = _padded(tiny_model)
     trace = probe_layers(tiny_model.parts, ids, mask)
-    result = EarlyExitEngine(tiny_model, reads_all()).run(_ids(tiny_model), 8)
+    result = EarlyExitEngine(tiny_model, reads_all(), record=RECORDED).run(_ids(tiny_model), 8)
     assert np.array_equal(result.argmax, trace["argmax"].numpy())
     for name in result.values:
         np.testing.assert_allclose(result.values[name], trace[name], rtol=1e-4, atol=1e-5)
@@ -171,13 +178,29 @@ def test_first_layer_skips_probes_and_keeps_the_trace_decisions(tiny_model, kind
     policy.first_layer = 2
     expected = apply_exits(test_records, policy.exit_layers(test_records))
     assert expected.exit_layer.min() >= 2 and (expected.exit_layer < tiny_model.num_layers).any()
-    result = EarlyExitEngine(tiny_model, policy).run(test.input_ids, batch_size=5)
+    engine = EarlyExitEngine(tiny_model, policy, record=("cos_hidden",))
+    result = engine.run(test.input_ids, batch_size=5)
     assert result.exit_layer.tolist() == expected.exit_layer.tolist()
     assert all(w.probed[0] == 0 and w.probed[1] == len(w.seq_len) for w in result.work)
     np.testing.assert_allclose(
         result.values["cos_hidden"][:, 1], test_records.values["cos_hidden"][:, 1], atol=1e-5
     )
     assert np.isnan(result.values["gap"][:, 0]).all()
+
+
+def test_cosines_only_when_read_or_recorded(tiny_model):
+    """The cosine features cost hooks at every layer: computed when the policy reads them or
+    ``record`` names them, and then equal to the trace's; never needed for the decisions."""
+    _, test, _, test_records = traced(tiny_model)
+    lean = EarlyExitEngine(tiny_model, reads_all()).run(test.input_ids, 5)
+    assert all(np.isnan(lean.values[name]).all() for name in RECORDED[2:])
+    reader = GapThreshold(features=("gap", "cos_mlp"), threshold=2.0)
+    read = EarlyExitEngine(tiny_model, reader).run(test.input_ids, 5)
+    assert np.isnan(read.values["cos_attn"]).all()
+    np.testing.assert_allclose(read.values["cos_mlp"], test_records.values["cos_mlp"], atol=1e-5)
+    np.testing.assert_allclose(read.values["gap"], lean.values["gap"], atol=1e-6)
+    with pytest.raises(AdaInferError, match="cos_mpl"):
+        EarlyExitEngine(tiny_model, reads_all(), record=("cos_mpl",))
 
 
 def test_fixed_exit_probes_only_where_it_stops(tiny_llama):
@@ -216,7 +239,7 @@ def test_compaction_gives_the_batch_size_one_results(tiny_model):
     policy = GapThreshold()
     alone = EarlyExitEngine(tiny_model, reads_all()).run(prompts, batch_size=len(prompts))
     policy.threshold = float(np.quantile(alone.values["gap"][:, :-1], 0.6))
-    engine = EarlyExitEngine(tiny_model, policy)
+    engine = EarlyExitEngine(tiny_model, policy, record=RECORDED)
     batched = engine.run(prompts, batch_size=len(prompts))
     single = engine.run(prompts, batch_size=1)
     rows = batched.work[0].rows
@@ -234,11 +257,11 @@ def test_padding_never_changes_a_result(tiny_model, kind):
     prompts = [ids[: len(ids) - 3 * (i % 4)] for i, ids in enumerate(test.input_ids)]
     assert len({len(ids) for ids in prompts}) > 1, "prompts of several lengths are needed"
     policy = reads_all()
-    single = EarlyExitEngine(tiny_model, policy).run(prompts, batch_size=1)
+    single = EarlyExitEngine(tiny_model, policy, record=RECORDED).run(prompts, batch_size=1)
     if kind == "gap":
         policy = GapThreshold(threshold=float(np.quantile(single.values["gap"][:, :-1], 0.6)))
-        single = EarlyExitEngine(tiny_model, policy).run(prompts, batch_size=1)
-    mixed = EarlyExitEngine(tiny_model, policy).run(prompts, batch_size=len(prompts))
+        single = EarlyExitEngine(tiny_model, policy, record=RECORDED).run(prompts, batch_size=1)
+    mixed = EarlyExitEngine(tiny_model, policy, record=RECORDED).run(prompts, len(prompts))
     assert mixed.work[0].width == max(len(ids) for ids in prompts)
     if kind == "gap":
         assert mixed.work[0].rows[-1] < len(prompts), "rows must leave the batch"
@@ -320,6 +343,27 @@ def test_costs_of_a_run(tiny_llama):
         EarlyExitEngine(tiny_llama, gap).run(test.input_ids, 5), tiny_llama.config, gap
     )
     assert probed.probe_flops > 0 and probed.classifier_flops > 0
+
+
+def test_timed_ideal_prices_the_shapes_each_run_ran(tiny_llama):
+    """The time model prices every (width, rows) shape of the work logs, compaction's small
+    row counts included, and every policy call; a run that does the full model's work is
+    predicted no speedup."""
+    _, test, _, _ = traced(tiny_llama)
+    L = tiny_llama.num_layers
+    policies = [FixedExit(L), FixedExit(1), fitted("gap", tiny_llama)]
+    engines = [EarlyExitEngine(tiny_llama, policy) for policy in policies]
+    batches = engines[0].batches(test.input_ids, 5)
+    full, shallow, gap = (engine.run_batches(batches) for engine in engines)
+    assert any(len(set(work.rows)) > 1 for work in gap.work), "gap must compact a batch"
+    prices = measure_prices(engines[0], batches, [full, shallow, gap], repeats=1)
+    assert {(w.width, r) for w in gap.work for r in w.rows} <= prices.layer.keys()
+    with pytest.raises(KeyError):  # its policy calls are not priced yet
+        timed_ideal_speedup(gap, prices)
+    gap_prices = price_policy(prices, policies[2], gap, repeats=1)
+    assert {r for w in gap.work for r in w.classified if r} == gap_prices.classify.keys()
+    assert timed_ideal_speedup(full, prices) == pytest.approx(1.0)
+    assert timed_ideal_speedup(shallow, prices) > timed_ideal_speedup(gap, gap_prices)
 
 
 def test_svm_cost_grows_with_its_support_vectors(tiny_llama):

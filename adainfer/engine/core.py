@@ -21,6 +21,7 @@ from adainfer.engine.inputs import LayerInputs, check_supported, layer_inputs
 from adainfer.engine.online import check_policy, decide, needs_features
 from adainfer.engine.result import BatchWork, EngineResult, Outputs
 from adainfer.errors import AdaInferError
+from adainfer.features import RECORDED
 from adainfer.models.loading import LoadedModel
 from adainfer.policies import ExitPolicy
 from adainfer.probes import LogitLens, Probe, check_probe
@@ -115,7 +116,13 @@ class EarlyExitEngine:
     >>> result = engine.run(encoded.input_ids, batch_size=16)  # doctest: +SKIP
     """
 
-    def __init__(self, loaded: LoadedModel, policy: ExitPolicy, probe: Probe | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        policy: ExitPolicy,
+        probe: Probe | None = None,
+        record: tuple[str, ...] = (),
+    ) -> None:
         self.loaded = loaded
         self.lens = probe or LogitLens()  # what reads a layer (adainfer.probes)
         self.model = loaded.model
@@ -126,6 +133,15 @@ class EarlyExitEngine:
         check_probe(self.lens, self.num_layers, loaded.hidden_size)
         self.policy = policy
         self.probe_every_layer = needs_features(policy)
+        unknown = sorted(set(record) - set(RECORDED))
+        if unknown:
+            raise AdaInferError(
+                f"record={unknown}: not features the engine computes", f"use some of {RECORDED}"
+            )
+        # The cosines cost hooks and copies at every layer: only those the policy reads, or
+        # ``record`` asks for (gap, top_prob and the argmax come with every probe).
+        wanted = set(policy.features) | set(record)
+        self.cosines = tuple(name for name in RECORDED[2:] if name in wanted)
         pad = loaded.tokenizer.pad_token_id
         self.pad_id = 0 if pad is None else int(pad)
         self.device = next(self.model.parameters()).device
@@ -198,15 +214,17 @@ class EarlyExitEngine:
         return gap, top.values[:, 0], top.indices[:, 0], logits
 
     def _probe_all(self, rows: _Rows, out: Outputs, i: int, now: torch.Tensor, capture):
-        """Probe every running row after layer i; record all features; return the logits."""
+        """Probe every running row after layer i; record its features (the cosines the policy
+        reads or ``record`` names); return the logits."""
         gap, top_prob, top_id, logits = self.probe(now, i)
-        feats = {
-            "gap": gap,
-            "top_prob": top_prob,
-            "cos_attn": _cosine(capture.out["attn"], rows.prev["attn"]),
-            "cos_mlp": _cosine(capture.out["mlp"], rows.prev["mlp"]),
-            "cos_hidden": _cosine(now, rows.prev["hidden"]),
-        }
+        feats = {"gap": gap, "top_prob": top_prob}
+        blocks = {"cos_attn": "attn", "cos_mlp": "mlp"}
+        for name in self.cosines:
+            if name in blocks:
+                key = blocks[name]
+                feats[name] = _cosine(capture.out[key], rows.prev[key])
+            else:
+                feats[name] = _cosine(now, rows.prev["hidden"])
         for name, column in feats.items():
             out.values[name][rows.alive, i] = column.cpu().numpy()
         out.argmax[rows.alive, i] = top_id.cpu().numpy()
@@ -242,7 +260,8 @@ class EarlyExitEngine:
         vocab = self.parts.lm_head.out_features if keep_logits else None
         out = Outputs(rows.n, L, vocab)
         work = BatchWork(width=input_ids.shape[1], seq_len=rows.seq_len.copy())
-        capture = _Capture(self.parts) if self.probe_every_layer else None
+        hooks = {"cos_attn", "cos_mlp"} & set(self.cosines)
+        capture = _Capture(self.parts) if self.probe_every_layer and hooks else None
         try:
             for i, layer in enumerate(self.parts.layers):
                 depth = i + 1
