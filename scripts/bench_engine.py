@@ -27,7 +27,7 @@ fastest run is the least disturbed); the median of the repeats is shown in brack
 Targets (docs/ENGINE.md says why ideal_T): measured >= 0.9 x ideal_T at batch 1, >= 0.8 x at
 batch 16; m/ideal_L is printed beside it.
 
-    python scripts/bench_engine.py             # both models, batch 1 and 16: ~6 min on 2 idle cores
+    python scripts/bench_engine.py             # both models, batch 1 and 16: ~5 min on 2 idle cores
     python scripts/bench_engine.py --models smollm2_135m --n-test 8 --repeats 1   # a quick look
     python scripts/bench_engine.py --device cuda --dtype bfloat16   # on a GPU
     ADAINFER_DATA_DIR=../shared/data python scripts/bench_engine.py --task sst2 --shots 0
