@@ -28,7 +28,7 @@ class EngineResult:
 
     exit_layer: np.ndarray  # [N] 1-based
     prediction: np.ndarray  # [N] argmax token at the exit layer
-    values: dict[str, np.ndarray]  # feature -> [N, L] float32; NaN where not probed
+    values: dict[str, np.ndarray]  # feature -> [N, L] float32; NaN where not probed/computed
     argmax: np.ndarray  # [N, L] token id per probed layer; -1 where not probed
     seq_len: np.ndarray  # [N] prompt length in tokens
     work: list[BatchWork]
