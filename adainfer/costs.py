@@ -26,11 +26,11 @@ charges a probe at every visited layer: with Gemma-3's 262,144-token vocabulary 
 about as much as a layer over a 30-token prompt, so (b) can be far from (a).
 
 (c) :func:`time_against_full` — measured wall time of the engine against the model's own
-forward on the same batches, in the same process. :func:`measure_prices`,
-:func:`price_policy` and :func:`timed_ideal_speedup` give the speedup the executed work predicts
-when each part (layer inputs, layers, probes, policy calls) is priced at its *measured* time on
-its own shape: on a CPU at small batch the head is a
-memory-bound matrix-vector product whose time share is many times its FLOPs share.
+forward on the same batches, in the same process. :func:`measure_prices`, :func:`price_policy`
+and :func:`timed_ideal_speedup` give the speedup the executed work predicts when each part
+(layer inputs, layers, probes, policy calls) is priced at its *measured* time on its own shape:
+on a CPU at small batch the head is a memory-bound matrix-vector product whose time share is
+many times its FLOPs share.
 """
 
 from __future__ import annotations
