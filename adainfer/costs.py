@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adainfer.engine import EarlyExitEngine, EngineResult, FixedExit, layer_inputs
+from adainfer.engine import BatchWork, EarlyExitEngine, EngineResult, FixedExit, layer_inputs
 from adainfer.engine.online import decide, needs_features, one_layer_view
 from adainfer.errors import AdaInferError
 from adainfer.flops import flops_ratio
@@ -164,6 +164,19 @@ def _translator_flops(probed: list[int], num_layers: int, probe: Probe | None) -
     return probe.flops() * sum(p for layer, p in enumerate(probed) if layer < num_layers - 1)
 
 
+def _work_flops(
+    dims: ModelDims, work: BatchWork, per_score: float, probe: Probe | None
+) -> tuple[float, float, float, float]:
+    """(layers, probes, classifier, full model) FLOPs of one batch's work log."""
+    layer = dims.layer(work.width)
+    # At the last layer every row stops: its answer costs the head and an argmax.
+    last = work.probed[dims.num_layers - 1] if len(work.probed) == dims.num_layers else 0
+    probes = dims.probe() * (sum(work.probed) - last) + (dims.head() + dims.vocab) * last
+    probes += _translator_flops(work.probed, dims.num_layers, probe)
+    full = len(work.seq_len) * (dims.num_layers * layer + dims.head() + dims.vocab)
+    return layer * sum(work.rows), probes, per_score * sum(work.classified), full
+
+
 def run_costs(
     result: EngineResult, config: Any, policy: ExitPolicy, probe: Probe | None = None
 ) -> CostReport:
@@ -171,20 +184,13 @@ def run_costs(
     lens's translators count with the probes."""
     dims = ModelDims.from_config(config)
     per_score = classifier_flops(policy)
-    layers = probes = scored = full = 0.0
+    totals = np.zeros(4)  # layers, probes, classifier, full model
     layer_rows = full_rows = 0
     for work in result.work:
-        layer = dims.layer(work.width)
-        layers += layer * sum(work.rows)
-        # At the last layer every row stops: its answer costs the head and an argmax.
-        last = work.probed[dims.num_layers - 1] if len(work.probed) == dims.num_layers else 0
-        probes += dims.probe() * (sum(work.probed) - last) + (dims.head() + dims.vocab) * last
-        probes += _translator_flops(work.probed, dims.num_layers, probe)
-        scored += per_score * sum(work.classified)
-        batch = len(work.seq_len)
-        full += batch * (dims.num_layers * layer + dims.head() + dims.vocab)
+        totals += _work_flops(dims, work, per_score, probe)
         layer_rows += sum(work.rows)
-        full_rows += batch * dims.num_layers
+        full_rows += len(work.seq_len) * dims.num_layers
+    layers, probes, scored, full = (float(x) for x in totals)
     eq2 = flops_ratio(result.exit_layer, dims.num_layers, dims.hidden, result.seq_len, dims.vocab)
     return CostReport(
         eq2_ratio=float(np.mean(eq2)),
@@ -198,6 +204,22 @@ def run_costs(
     )
 
 
+def single_prompt_work(
+    exit_layer: int, width: int, policy: ExitPolicy, num_layers: int
+) -> BatchWork:
+    """The work log the engine writes for one prompt of ``width`` tokens run alone that exits
+    after ``exit_layer``: a policy that reads features probes (and, below the last layer,
+    scores) every layer from its ``first_layer`` on; one that reads none probes its exit only."""
+    layers = range(1, exit_layer + 1)
+    if needs_features(policy):
+        probed = [int(layer >= policy.first_layer) for layer in layers]
+        classified = [int(policy.first_layer <= layer < num_layers) for layer in layers]
+    else:
+        probed = [int(layer == exit_layer) for layer in layers]
+        classified = [0] * exit_layer
+    return BatchWork(width, np.array([width]), [1] * exit_layer, probed, classified)
+
+
 def trace_flops_ratio(
     exit_layer: np.ndarray,
     seq_len: np.ndarray,
@@ -206,30 +228,16 @@ def trace_flops_ratio(
     probe: Probe | None = None,
 ) -> np.ndarray:
     """(b) per instance, for exits evaluated on traces: what the engine would execute at
-    batch size 1 (width = the prompt's own length), over the full model's answer.
-
-    A policy that reads features probes (softmax, top-2; a tuned lens translates first) and
-    scores every layer from its ``first_layer`` to its exit; one that reads none (``never``, a
-    fixed exit, a threshold of +inf) reads only its exit layer. At the last layer every row
-    stops anyway, so there the answer costs what the full model's does: the head and an argmax.
-    """
+    batch size 1 (width = the prompt's own length, :func:`single_prompt_work`), over the full
+    model's answer, priced as :func:`run_costs` prices an engine run."""
     dims = ModelDims.from_config(config)
-    L = dims.num_layers
-    exit_layer = np.asarray(exit_layer, dtype=np.float64)
-    layer = np.array([dims.layer(int(s)) for s in seq_len])
-    early = exit_layer < L
-    answer = dims.head() + dims.vocab
-    if needs_features(policy):
-        # probed, translated and scored: first_layer .. the exit (the last layer: the answer)
-        reads = np.clip(np.minimum(exit_layer, L - 1) - policy.first_layer + 1, 0, None)
-        per_read = dims.probe() + classifier_flops(policy)
-        per_read += probe.flops() if probe is not None else 0.0
-        reading = reads * per_read + np.where(early, 0.0, answer)
-    else:
-        translate = probe.flops() if probe is not None else 0.0
-        reading = np.where(early, dims.probe() + translate, answer)
-    full = L * layer + answer
-    return (exit_layer * layer + reading) / full
+    per_score = classifier_flops(policy)
+    ratios = []
+    for exit_at, width in zip(exit_layer, seq_len, strict=True):
+        work = single_prompt_work(int(exit_at), int(width), policy, dims.num_layers)
+        layers, probes, scored, full = _work_flops(dims, work, per_score, probe)
+        ratios.append((layers + probes + scored) / full)
+    return np.array(ratios)
 
 
 @dataclass
