@@ -19,6 +19,7 @@ from adainfer.costs import (
     price_policy,
     run_costs,
     timed_ideal_speedup,
+    trace_flops_ratio,
 )
 from adainfer.engine import EarlyExitEngine, FixedExit
 from adainfer.errors import AdaInferError
@@ -35,6 +36,7 @@ from adainfer.policies import (
     OracleGold,
     SVMPolicy,
 )
+from adainfer.probes import TunedLens
 from adainfer.runner import extract_records
 from adainfer.tasks import RuleTask
 
@@ -364,6 +366,26 @@ def test_timed_ideal_prices_the_shapes_each_run_ran(tiny_llama):
     assert {r for w in gap.work for r in w.classified if r} == gap_prices.classify.keys()
     assert timed_ideal_speedup(full, prices) == pytest.approx(1.0)
     assert timed_ideal_speedup(shallow, prices) > timed_ideal_speedup(gap, gap_prices)
+
+
+@pytest.mark.parametrize("kind", ["gap from layer 2", "fixed", "never"])
+def test_trace_flops_equal_the_engines_work_at_batch_size_one(tiny_llama, kind):
+    """Trace evaluation's honest FLOPs ratio is what the engine executes, prompt by prompt,
+    translators of a tuned lens included."""
+    _, test, _, test_records = traced(tiny_llama)
+    L = tiny_llama.num_layers
+    policy = {"fixed": FixedExit(2), "never": NeverExit()}.get(kind) or fitted("gap", tiny_llama)
+    policy.first_layer = 2 if kind.startswith("gap") else 1
+    eye = TunedLens.identity(L, tiny_llama.hidden_size)
+    engine = EarlyExitEngine(tiny_llama, policy, eye)
+    online = [
+        run_costs(engine.run([ids], 1), tiny_llama.config, policy, eye).flops_ratio
+        for ids in test.input_ids
+    ]
+    exits = policy.exit_layers(test_records)
+    assert kind == "never" or (exits < L).any()
+    traced_ratio = trace_flops_ratio(exits, test_records.seq_len, tiny_llama.config, policy, eye)
+    np.testing.assert_allclose(traced_ratio, online, rtol=1e-12)
 
 
 def test_svm_cost_grows_with_its_support_vectors(tiny_llama):
