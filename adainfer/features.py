@@ -111,13 +111,16 @@ def read_layers(
 ) -> dict[str, torch.Tensor]:
     """``gap``, ``top_prob`` and ``argmax`` of hidden states [batch, layers, h] through a probe."""
     read = hidden if probe is None else probe.translate(hidden)
+    gap, top_prob, argmax, _ = readout(parts, read)
+    return {"gap": gap, "top_prob": top_prob, "argmax": argmax}
+
+
+def readout(parts: DecoderParts, read: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Final norm + LM head on (translated) hidden states [..., h], softmax, top-2:
+    (gap, top_prob, argmax, float logits) — the per-layer features of the paper."""
     logits = parts.probe_logits(read.to(parts.lm_head.weight.dtype)).float()
     top = logits.softmax(dim=-1).topk(2, dim=-1)
-    return {
-        "gap": top.values[..., 0] - top.values[..., 1],
-        "top_prob": top.values[..., 0],
-        "argmax": top.indices[..., 0],
-    }
+    return top.values[..., 0] - top.values[..., 1], top.values[..., 0], top.indices[..., 0], logits
 
 
 @dataclass

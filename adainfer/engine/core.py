@@ -21,7 +21,7 @@ from adainfer.engine.inputs import LayerInputs, check_supported, layer_inputs
 from adainfer.engine.online import check_policy, decide, needs_features
 from adainfer.engine.result import BatchWork, EngineResult, Outputs
 from adainfer.errors import AdaInferError
-from adainfer.features import RECORDED
+from adainfer.features import RECORDED, readout
 from adainfer.models.loading import LoadedModel
 from adainfer.policies import ExitPolicy
 from adainfer.probes import LogitLens, Probe, check_probe
@@ -145,7 +145,6 @@ class EarlyExitEngine:
         pad = loaded.tokenizer.pad_token_id
         self.pad_id = 0 if pad is None else int(pad)
         self.device = next(self.model.parameters()).device
-        self.head_dtype = self.parts.lm_head.weight.dtype
 
     # -- batching ----------------------------------------------------------------------------
     def _check_prompts(self, input_ids: list[list[int]]) -> None:
@@ -207,11 +206,7 @@ class EarlyExitEngine:
     def probe(self, last_hidden: torch.Tensor, layer: int = -1) -> tuple[torch.Tensor, ...]:
         """Read [rows, hidden] after ``layer`` (0-based; -1 the last) through the probe:
         (gap, top_prob, argmax, logits)."""
-        read = self.lens.translate(last_hidden, layer % self.num_layers)
-        logits = self.parts.probe_logits(read.to(self.head_dtype)).float()
-        top = logits.softmax(dim=-1).topk(2, dim=-1)
-        gap = top.values[:, 0] - top.values[:, 1]
-        return gap, top.values[:, 0], top.indices[:, 0], logits
+        return readout(self.parts, self.lens.translate(last_hidden, layer % self.num_layers))
 
     def _probe_all(self, rows: _Rows, out: Outputs, i: int, now: torch.Tensor, capture):
         """Probe every running row after layer i; record its features (the cosines the policy
