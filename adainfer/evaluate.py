@@ -29,6 +29,10 @@ class ExitResult:
             "flops_ratio": float(np.mean(ratio)),
         }
 
+    def accuracy_drop(self, gold: np.ndarray) -> float:
+        """The full model's accuracy minus the exits' (positive: exiting lost accuracy)."""
+        return float(np.mean(self.full_prediction == gold) - np.mean(self.prediction == gold))
+
 
 def apply_exits(records: LayerRecords, exit_layer: np.ndarray) -> ExitResult:
     """Each instance's prediction is the argmax token at its exit layer."""

@@ -144,12 +144,7 @@ def calibrate(
             break
         chosen, k_chosen, p_chosen, tested = float(threshold), k, p, tested + 1
     policy.threshold = chosen
-    exits = policy.exit_layers(calibration)
-    result = apply_exits(calibration, exits)
-    drop = float(
-        np.mean(result.full_prediction == calibration.gold)
-        - np.mean(result.prediction == calibration.gold)
-    )
+    drop = apply_exits(calibration, policy.exit_layers(calibration)).accuracy_drop(calibration.gold)
     return Calibration(
         threshold=chosen,
         losses=k_chosen,
@@ -191,9 +186,7 @@ def resplit_check(
         trial = copy.deepcopy(policy)
         certified.append(calibrate(trial, train, cal, limit).certified)
         result = apply_exits(held, trial.exit_layers(held))
-        drops.append(
-            np.mean(result.full_prediction == held.gold) - np.mean(result.prediction == held.gold)
-        )
+        drops.append(result.accuracy_drop(held.gold))
         exits.append(result.exit_layer.mean())
     drops_arr = np.asarray(drops)
     return {
