@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +36,7 @@ from torch.utils.data import DataLoader
 from adainfer.encoding import EncodedPrompts
 from adainfer.errors import AdaInferError
 from adainfer.models.arch import DecoderParts
+from adainfer.models.cache import publish_folder
 
 PROBES = ("logit_lens", "tuned")
 
@@ -268,13 +266,10 @@ class LensStore:
         except (OSError, ValueError, KeyError, AdaInferError):
             pass  # absent or damaged: fit again
         lens = fit()
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".lens-", dir=self.root))
-        try:
+
+        def write(tmp: Path) -> None:
             lens.save(tmp)
             (tmp / "key.json").write_text(json.dumps(key, sort_keys=True))
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+        publish_folder(folder, write)
         return lens

@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 _COMPLETE = ".complete"
@@ -37,25 +38,37 @@ def converted_dir(key: str) -> Path | None:
     return folder if (folder / _COMPLETE).exists() else None
 
 
+def publish_folder(
+    target: Path, write: Callable[[Path], None], keep: Callable[[Path], bool] | None = None
+) -> None:
+    """Fill a folder with ``write(folder)`` under a temporary name beside ``target``, then
+    rename it into place, so no reader sees it half-written; a crash leaves only the
+    temporary folder's name. Unless ``keep(target)`` says the one there is to stay (another
+    process finished first), the new folder replaces it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        write(tmp)
+        if keep is None or not keep(target):
+            shutil.rmtree(target, ignore_errors=True)  # e.g. a partial folder left by a crash
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def store_converted(key: str, model, tokenizer) -> Path:
     """Save a de-quantized model and its tokenizer under ``key``; returns the folder."""
     target = cache_root() / "converted" / key
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
-    try:
+
+    def write(folder: Path) -> None:
         # The GGUF quantizer marks the model as not serializable; the weights are already
         # de-quantized floats, so dropping the marker saves them as they are.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / _COMPLETE).write_text("ok\n")
-        if converted_dir(key) is None:  # another process may have finished first
-            if target.exists():  # a partial folder left by a crash
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / _COMPLETE).write_text("ok\n")
+
+    publish_folder(target, write, keep=lambda path: (path / _COMPLETE).exists())
     return target
