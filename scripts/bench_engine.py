@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
+from common import compose_config, use_shared_data
 from hydra.utils import instantiate
 
 from adainfer.costs import (
@@ -61,7 +61,6 @@ from adainfer.policies import GapThreshold, SVMPolicy
 from adainfer.policies.base import earliest_settled
 from adainfer.runner import extract_records
 
-REPO = Path(__file__).resolve().parents[1]
 TARGETS = {1: 0.9, 16: 0.8}  # measured / ideal_T, by batch size
 QUIET = {"enable_progress_bar": False}
 
@@ -70,8 +69,7 @@ def configured(model: str, task: str, n_train: int, n_test: int, dtype: str):
     """The model source and task objects of ``conf/`` for these overrides."""
     overrides = [f"model={model}", f"task={task}", f"task.n_train={n_train}"]
     overrides += [f"task.n_test={n_test}", f"model.dtype={dtype}"]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose_config(overrides)
     return instantiate(cfg.model, _convert_="all"), instantiate(cfg.task, _convert_="all")
 
 
@@ -188,7 +186,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("adainfer").setLevel(logging.ERROR)
-    os.environ.setdefault("ADAINFER_DATA_DIR", str(REPO.parent / "shared" / "data"))
+    use_shared_data()
     where = args.device
     if where.startswith("cuda"):
         where = torch.cuda.get_device_name(torch.device(where))

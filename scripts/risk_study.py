@@ -19,17 +19,13 @@ once per (model, task, split, probe); everything else reads the traces.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
-from hydra import compose, initialize_config_dir
+from common import per_task, run_pipeline, use_shared_data
 
-from adainfer import pipeline
-
-REPO = Path(__file__).resolve().parents[1]
 # (label, overrides): what each column of the table is.
 METHODS = [
     ("svm", ["classifier=svm", "probe=logit_lens"]),
@@ -61,23 +57,6 @@ RISK = (
 )
 
 
-def run_one(overrides: list[str]) -> dict[str, float]:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    return pipeline.run(cfg)
-
-
-def per_task(metrics: dict[str, float], task: str) -> dict[str, dict[str, float]]:
-    """A suite returns ``member/metric`` keys; a single task its metrics."""
-    members = {k.split("/", 1)[0] for k in metrics if "/" in k}
-    if not members:
-        return {task: metrics}
-    return {
-        m: {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(m + "/")}
-        for m in sorted(members)
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["smollm2_135m", "gemma3_270m"])
@@ -99,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.resplits < 10:
         parser.error("--resplits: use at least 10 random calibration/test splits")
-    os.environ.setdefault("ADAINFER_DATA_DIR", str(REPO.parent / "shared" / "data"))
+    use_shared_data()
 
     start, rows = time.perf_counter(), []
     for model in args.models:
@@ -119,7 +98,7 @@ def main() -> None:
             for label, extra in sorted(METHODS, key=lambda m: "probe=tuned" not in m[1]):
                 first = f"probe.first_layer={args.first_layer}"
                 extra = [o.format(eps=args.epsilon, first=first) for o in extra]
-                metrics = run_one(common + extra)
+                metrics = run_pipeline(common + extra)
                 for name, m in per_task(metrics, task).items():
                     row = {"model": model, "task": name, "method": label}
                     rows.append(row | {k: m.get(k) for k in KEEP + RISK})

@@ -10,27 +10,17 @@ traces cached), then prints a Markdown table with the paper's group averages and
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import pandas as pd
-from hydra import compose, initialize_config_dir
+from common import per_task, run_pipeline, use_shared_data
 
-from adainfer import pipeline
-
-REPO = Path(__file__).resolve().parents[1]
 GROUPS = {
     "qa": ["mmlu", "commonsense_qa", "squad"],
     "classification": ["sst2", "ag_news"],
     "rules": ["rules"],  # a suite: one row per member task
 }
-
-
-def run_one(overrides: list[str]) -> dict[str, float]:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    return pipeline.run(cfg)
 
 
 def main() -> None:
@@ -42,7 +32,7 @@ def main() -> None:
     parser.add_argument("--experiment", default="task-table")
     parser.add_argument("--out", default=None, help="also write the Markdown table here")
     args = parser.parse_args()
-    os.environ.setdefault("ADAINFER_DATA_DIR", str(REPO.parent / "shared" / "data"))
+    use_shared_data()
 
     rows = []
     for group, tasks in GROUPS.items():
@@ -57,19 +47,16 @@ def main() -> None:
                     f"task.n_test={args.n}",
                     f"mlflow.experiment={args.experiment}",
                 ]
-                metrics = run_one(overrides)
-                members = sorted({k.split("/")[0] for k in metrics if "/" in k}) or [task]
-                for member in members:
-                    prefix = f"{member}/" if member != task else ""
+                for member, m in per_task(run_pipeline(overrides), task).items():
                     rows.append(
                         {
                             "group": group,
                             "task": member,
                             "shots": shots,
-                            "acc_full": metrics[f"{prefix}acc_full"],
-                            "acc": metrics[f"{prefix}acc"],
-                            "flops_ratio": metrics[f"{prefix}flops_ratio"],
-                            "exit_layer_mean": metrics[f"{prefix}exit_layer_mean"],
+                            "acc_full": m["acc_full"],
+                            "acc": m["acc"],
+                            "flops_ratio": m["flops_ratio"],
+                            "exit_layer_mean": m["exit_layer_mean"],
                         }
                     )
     table = pd.DataFrame(rows)

@@ -1,0 +1,43 @@
+"""What the scripts share: conf/ composed as run.py composes it, and pipeline runs from it.
+
+Scripts run as ``python scripts/<name>.py``, so this folder is on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from adainfer import pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def use_shared_data() -> None:
+    """Read the data sets from ``$ADAINFER_DATA_DIR``, else ../shared/data beside the repo."""
+    os.environ.setdefault("ADAINFER_DATA_DIR", str(REPO.parent / "shared" / "data"))
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The job config ``python run.py <overrides>`` would get."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def run_pipeline(overrides: list[str]) -> dict[str, float]:
+    """One tracked pipeline job (as ``python run.py <overrides>``); its metrics."""
+    return pipeline.run(compose_config(overrides))
+
+
+def per_task(metrics: dict[str, float], task: str) -> dict[str, dict[str, float]]:
+    """Metrics by task: a suite returns ``member/metric`` keys, a single task its own."""
+    members = {k.split("/", 1)[0] for k in metrics if "/" in k}
+    if not members:
+        return {task: metrics}
+    return {
+        m: {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(m + "/")}
+        for m in sorted(members)
+    }
