@@ -33,18 +33,17 @@ def main() -> None:
         parser.error("--where takes PARAM=VALUE pairs, e.g. --where classifier=svm shots=5")
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)
-    runs = mlflow.search_runs(experiment_names=[args.experiment], order_by=["start_time ASC"])
+    matching = " and ".join(f"params.`{key}` = '{value}'" for key, value in where.items())
+    runs = mlflow.search_runs(
+        experiment_names=[args.experiment], filter_string=matching, order_by=["start_time ASC"]
+    )
     if runs.empty:
         raise SystemExit(
             f"no runs in experiment {args.experiment!r} at {mlflow.get_tracking_uri()}"
+            + (f" with {' '.join(args.where)} (--where takes logged params)" if where else "")
         )
     if args.no_suites and "params.suite_tasks" in runs:
         runs = runs[runs["params.suite_tasks"].isna()]
-    for key, value in where.items():
-        column = f"params.{key}"
-        if column not in runs:
-            raise SystemExit(f"no run logged a param {key!r}; --where needs a logged param")
-        runs = runs[runs[column] == value]
     keys = ("params.model", "params.shots", "params.task")
     runs = runs.sort_values([c for c in keys if c in runs], kind="stable")
     columns = ["status"] + [f"params.{p}" for p in PARAMS] + [f"metrics.{m}" for m in args.metrics]
