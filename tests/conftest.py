@@ -12,6 +12,7 @@ from adainfer.models import PackagedGGUFModel, TinyRandomModel
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
+QUIET = {"enable_progress_bar": False}  # Lightning Trainer kwargs for test passes
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny
+from conftest import QUIET, tiny
 
 from adainfer.costs import (
     ModelDims,
@@ -41,7 +41,6 @@ from adainfer.runner import extract_records
 from adainfer.tasks import RuleTask
 
 PROMPTS = ["Q: Monday\nA: Tuesday\n\nQ: March\nA:", "Q: b\nA:", "Q: seven\nA: eight\n\nQ: one\nA:"]
-QUIET = {"enable_progress_bar": False}
 _TRACED: dict[str, tuple] = {}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import QUIET, compose_cfg
 
 from adainfer import pipeline
 from adainfer.costs import ModelDims, trace_flops_ratio
@@ -17,8 +17,6 @@ from adainfer.probes import LensStore, LogitLens, TunedLens, fit_tuned_lens, loa
 from adainfer.runner import extract_records, extract_records_multi
 from adainfer.tasks import FunctionVectorsTask, RuleTask
 from adainfer.tracking import load_run_probe
-
-QUIET = {"enable_progress_bar": False}
 
 
 def _prompts(loaded, n_train=24, n_test=16):
