@@ -3,13 +3,13 @@
 import hydra
 from omegaconf import DictConfig
 
-from adainfer.pipeline import main as adainfer_main
+from adainfer import cli
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    return adainfer_main(cfg)["acc"]
+    return cli.main(cfg)["acc"]
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_hydra(main)

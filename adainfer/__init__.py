@@ -3,39 +3,53 @@
 Usable without Hydra::
 
     from adainfer import PackagedGGUFModel, RuleTask, SVMPolicy, prepare, evaluate
+
+The names below are imported on first use (PEP 562), so ``import adainfer.settings`` or
+``adainfer.tasks`` does not pay for torch, transformers, Lightning and MLflow: a job checks its
+config and data in seconds before any of them loads.
 """
 
-from adainfer.engine import EarlyExitEngine, FixedExit
-from adainfer.errors import AdaInferError
-from adainfer.features import LayerRecords, probe_layers
-from adainfer.flops import flops_ratio
-from adainfer.models import HubModel, LoadedModel, PackagedGGUFModel, TinyRandomModel
-from adainfer.pipeline import evaluate, prepare
-from adainfer.policies import CRFPolicy, ExitPolicy, GapThreshold, NeverExit, SVMPolicy
-from adainfer.tasks import FunctionVectorsTask, PromptTemplate, RuleTask, build_prompts
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AdaInferError",
-    "CRFPolicy",
-    "EarlyExitEngine",
-    "ExitPolicy",
-    "FixedExit",
-    "FunctionVectorsTask",
-    "GapThreshold",
-    "HubModel",
-    "LayerRecords",
-    "LoadedModel",
-    "NeverExit",
-    "PackagedGGUFModel",
-    "PromptTemplate",
-    "RuleTask",
-    "SVMPolicy",
-    "TinyRandomModel",
-    "build_prompts",
-    "evaluate",
-    "flops_ratio",
-    "prepare",
-    "probe_layers",
-]
+_WHERE = {
+    "AdaInferError": "adainfer.errors",
+    "CRFPolicy": "adainfer.policies",
+    "EarlyExitEngine": "adainfer.engine",
+    "ExitPolicy": "adainfer.policies",
+    "FixedExit": "adainfer.engine",
+    "FunctionVectorsTask": "adainfer.tasks",
+    "GapThreshold": "adainfer.policies",
+    "HubModel": "adainfer.models",
+    "LayerRecords": "adainfer.features",
+    "LoadedModel": "adainfer.models",
+    "NeverExit": "adainfer.policies",
+    "PackagedGGUFModel": "adainfer.models",
+    "PromptTemplate": "adainfer.tasks",
+    "RuleTask": "adainfer.tasks",
+    "SVMPolicy": "adainfer.policies",
+    "TinyRandomModel": "adainfer.models",
+    "build_prompts": "adainfer.tasks",
+    "evaluate": "adainfer.pipeline",
+    "flops_ratio": "adainfer.flops",
+    "prepare": "adainfer.pipeline",
+    "probe_layers": "adainfer.features",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'adainfer' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adainfer.features import LayerRecords
 from adainfer.flops import flops_ratio
+from adainfer.records import LayerRecords
 
 
 @dataclass

@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from adainfer import costs, tracking
+from adainfer.cli import fail
 from adainfer.encoding import EncodedPrompts, check_label_tokens, encode_prompts
 from adainfer.engine import check_online
 from adainfer.errors import AdaInferError
@@ -36,12 +33,13 @@ from adainfer.evaluate import (
     layer_accuracy,
     layer_agreement,
 )
-from adainfer.features import FEATURE_SETS, LayerRecords
+from adainfer.features import LayerRecords
+from adainfer.job import JobInputs, build, load_inputs
 from adainfer.models import cache
 from adainfer.models.loading import LoadedModel
 from adainfer.policies.base import ExitPolicy, earliest_settled
-from adainfer.probes import PROBES, LensStore, LogitLens, Probe, TunedLens, fit_tuned_lens
-from adainfer.risk import RiskLimit, calibrate, check_calibratable, resplit_check
+from adainfer.probes import LensStore, LogitLens, Probe, TunedLens, fit_tuned_lens
+from adainfer.risk import RiskLimit, calibrate, resplit_check
 from adainfer.runner import extract_records, extract_records_multi
 from adainfer.tasks.base import Splits, Task
 from adainfer.tasks.prompts import build_prompts
@@ -72,17 +70,6 @@ class Outcome:
     result: ExitResult
     policy: ExitPolicy
     probe: Probe = field(default_factory=LogitLens)  # what read the layers
-
-
-def _build(node: DictConfig, what: str, **kwargs: Any) -> Any:
-    try:
-        return instantiate(node, _convert_="all", **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__ or err
-        raise AdaInferError(
-            f"bad {what} config: {cause}",
-            f"check the {what}.* keys against conf/{what}/ (see README, 'How configs compose')",
-        ) from None
 
 
 def _encode(
@@ -292,12 +279,6 @@ class _Records:
         return self.lenses.get_or_fit(key, fit)
 
 
-def _features(name: str) -> tuple[str, ...]:
-    if name not in FEATURE_SETS:
-        raise AdaInferError(f"unknown feature_set {name!r}", f"use one of {sorted(FEATURE_SETS)}")
-    return FEATURE_SETS[name]
-
-
 def _log_outcome(outcome: Outcome, loaded: LoadedModel, config_yaml: str) -> None:
     tracking.log_metrics(outcome.metrics)
     tracking.log_layer_curve("acc_layer", layer_accuracy(outcome.test))
@@ -318,40 +299,22 @@ def _log_outcome(outcome: Outcome, loaded: LoadedModel, config_yaml: str) -> Non
         tracking.log_folder(Path(tmp) / "policy", "policy")
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    """Run one AdaInfer job (a task or a suite) described by ``cfg``; track it in MLflow."""
-    if cfg.shots < 0:
-        raise AdaInferError(f"shots={cfg.shots} is negative", "use shots=0, 5, 10, 15 or 20")
+def run(cfg: DictConfig, inputs: JobInputs | None = None) -> dict[str, float]:
+    """Run one AdaInfer job (a task or a suite) described by ``cfg``; track it in MLflow.
+
+    ``inputs`` are the job's checked settings, tasks and data (:func:`adainfer.job.load_inputs`,
+    which ``run.py`` calls before this module is imported); loaded here when not given.
+    """
+    inputs = inputs or load_inputs(cfg)
+    policy, task, members, splits = inputs.policy, inputs.task, inputs.members, inputs.splits
+    fit_tasks, fit_splits = inputs.fit_tasks, inputs.fit_splits
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model_spec = _build(cfg.model, "model")
-    task = _build(cfg.task, "task")
-    policy = _build(cfg.classifier, "classifier", features=_features(cfg.feature_set))
+    model_spec = build(cfg.model, "model")
     if cfg.engine:
         check_online(policy)
-    if cfg.probe.name not in PROBES:
-        raise AdaInferError(f"unknown probe {cfg.probe.name!r}", f"use probe= one of {PROBES}")
-    first = cfg.probe.first_layer
-    if first != "auto" and not (isinstance(first, int) and 1 <= first <= 10_000):
-        raise AdaInferError(
-            f"probe.first_layer={first!r}", "use a layer number (1 = every layer) or auto"
-        )
     limit = RiskLimit(cfg.risk.epsilon, cfg.risk.delta) if cfg.risk.epsilon is not None else None
-    if limit is not None:
-        check_calibratable(policy)
-    fit_tasks = {k: _build(node, "fit.tasks") for k, node in (cfg.fit.tasks or {}).items()}
-    fit_spec = _build(cfg.fit.model, "fit.model") if cfg.fit.model else None
+    fit_spec = build(cfg.fit.model, "fit.model") if cfg.fit.model else None
 
-    members = task.tasks if isinstance(task, Suite) else {task.name: task}
-    splits = {name: member.load() for name, member in members.items()}  # data errors first
-    if limit is not None:
-        for name, split in splits.items():
-            if not split.calibration:
-                raise AdaInferError(
-                    f"risk.epsilon={limit.epsilon} needs a calibration split, and task {name!r} "
-                    "has none",
-                    "hold out train instances for it: task.n_calibration=500 (with task.n_train)",
-                )
-    fit_splits = {t.name: t.load() for t in fit_tasks.values()}
     loaded = model_spec.load()
     fit_loaded = fit_spec.load() if fit_spec else loaded
 
@@ -486,10 +449,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return summary
 
 
-def main(cfg: DictConfig) -> dict[str, float]:
+def main(cfg: DictConfig, inputs: JobInputs | None = None) -> dict[str, float]:
     """``run`` with user errors turned into one clear message and exit status 2."""
     try:
-        return run(cfg)
+        return run(cfg, inputs)
     except AdaInferError as err:
-        print(f"adainfer: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        fail(err)

@@ -37,8 +37,7 @@ from adainfer.encoding import EncodedPrompts
 from adainfer.errors import AdaInferError
 from adainfer.models.arch import DecoderParts
 from adainfer.models.cache import publish_folder
-
-PROBES = ("logit_lens", "tuned")
+from adainfer.settings import PROBES  # noqa: F401 - re-exported
 
 
 class LogitLens:

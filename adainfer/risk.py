@@ -35,8 +35,8 @@ from scipy.stats import beta, binom
 
 from adainfer.errors import AdaInferError
 from adainfer.evaluate import apply_exits
-from adainfer.features import LayerRecords
 from adainfer.policies.base import ExitPolicy
+from adainfer.records import LayerRecords
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from adainfer.evaluate import apply_exits
-from adainfer.features import LayerRecords
 from adainfer.policies import ExitPolicy, NeverExit, OracleConsistent, OracleGold
+from adainfer.records import LayerRecords
 
 
 def _point(records: LayerRecords, exits: np.ndarray, h: int, V: int) -> dict[str, float]:

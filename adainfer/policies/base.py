@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from adainfer.errors import AdaInferError
-from adainfer.features import FEATURES, LayerRecords
+from adainfer.records import LayerRecords
+from adainfer.settings import FEATURES
 
 log = logging.getLogger(__name__)
 

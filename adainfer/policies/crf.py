@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import sklearn_crfsuite
 
-from adainfer.features import FEATURES, LayerRecords
 from adainfer.policies.base import ExitPolicy, single_class
+from adainfer.records import LayerRecords
+from adainfer.settings import FEATURES
 
 
 def _sequences(records: LayerRecords, names: tuple[str, ...]) -> list[list[dict[str, float]]]:

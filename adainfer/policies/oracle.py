@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from adainfer.features import LayerRecords
 from adainfer.policies.base import ExitPolicy
+from adainfer.records import LayerRecords
 
 
 class OracleGold(ExitPolicy):

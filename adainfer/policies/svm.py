@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import skops.io as sio
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from adainfer.errors import AdaInferError
-from adainfer.features import FEATURES, LayerRecords
 from adainfer.policies.base import ExitPolicy, single_class
+from adainfer.records import LayerRecords
+from adainfer.settings import FEATURES
 
 # What a saved model file may contain; anything else is refused on load.
 _TRUSTED = {
@@ -77,10 +77,14 @@ class SklearnPolicy(ExitPolicy):
     def _save_model(self, folder: Path) -> str | None:
         if self.model is None:
             return None
+        import skops.io as sio  # imports torch when installed: only where it is needed
+
         sio.dump(self.model, folder / "model.skops")
         return "model.skops"
 
     def _load_model(self, path: Path) -> None:
+        import skops.io as sio
+
         types = set(sio.get_untrusted_types(file=path))
         if types - _TRUSTED:
             raise AdaInferError(

@@ -1,0 +1,49 @@
+"""``run.py``'s side of the door: check the config and data first, then run the job.
+
+Importing this module costs Hydra and OmegaConf only. A mistake in the config or the data is
+answered with one message and exit status 2 before torch, transformers, Lightning or MLflow are
+imported; so is a mistake Hydra finds while composing (an unknown option or key), which Hydra
+itself would end with status 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from omegaconf import DictConfig
+
+from adainfer.errors import AdaInferError
+
+_jobs_started = 0  # Hydra composed a config and handed it to main()
+
+
+def fail(err: AdaInferError) -> None:
+    """Print ``err`` as adainfer's one-message error and exit with status 2."""
+    print(f"adainfer: error: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(cfg: DictConfig) -> dict[str, float]:
+    """One job: its inputs are checked and loaded, then :func:`adainfer.pipeline.main` runs it."""
+    global _jobs_started
+    _jobs_started += 1
+    from adainfer.job import load_inputs
+
+    try:
+        inputs = load_inputs(cfg)
+    except AdaInferError as err:
+        fail(err)
+    from adainfer import pipeline  # the heavy part: torch, transformers, Lightning, MLflow
+
+    return pipeline.main(cfg, inputs)
+
+
+def run_hydra(hydra_main: Callable[[], object]) -> None:
+    """Call a ``@hydra.main`` function; Hydra's own config errors exit 2 like ours."""
+    try:
+        hydra_main()
+    except SystemExit as stop:
+        if stop.code == 1 and _jobs_started == 0:  # Hydra failed before composing a job
+            sys.exit(2)
+        raise

@@ -1,0 +1,71 @@
+"""What a job reads before any model loads: its checked settings, its tasks and their data.
+
+Everything here is cheap (OmegaConf, Hydra's ``instantiate``, JSON Lines, scikit-learn), so
+a mistake in the config or the data is reported in seconds; the pipeline then loads the model
+and runs the job on these inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from adainfer.errors import AdaInferError
+from adainfer.policies import ExitPolicy
+from adainfer.risk import check_calibratable
+from adainfer.settings import FEATURE_SETS, require_valid
+from adainfer.tasks.base import Splits, Task
+from adainfer.tasks.suite import Suite
+
+
+def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
+    """``instantiate`` a config node; a bad node is one :class:`AdaInferError`."""
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        raise AdaInferError(
+            f"bad {what} config: {cause}",
+            f"check the {what}.* keys against conf/{what}/ (see README, 'How configs compose')",
+        ) from None
+
+
+@dataclass
+class JobInputs:
+    """The job's exit policy (not fitted yet), its task (or suite), the member tasks and their
+    loaded splits, and the tasks the policy is fitted on instead (``fit.tasks``, the
+    generalization study)."""
+
+    policy: ExitPolicy
+    task: Task
+    members: dict[str, Task]
+    splits: dict[str, Splits]
+    fit_tasks: dict[str, Task]
+    fit_splits: dict[str, Splits]
+
+
+def load_inputs(cfg: DictConfig) -> JobInputs:
+    """Check ``cfg``'s settings, build its policy and tasks and load their data; raise on any
+    mistake."""
+    require_valid(cfg)
+    policy = build(cfg.classifier, "classifier", features=FEATURE_SETS[cfg.feature_set])
+    if cfg.risk.epsilon is not None:
+        check_calibratable(policy)
+    task = build(cfg.task, "task")
+    fit_tasks = {k: build(node, "fit.tasks") for k, node in (cfg.fit.tasks or {}).items()}
+    members = task.tasks if isinstance(task, Suite) else {task.name: task}
+    splits = {name: member.load() for name, member in members.items()}
+    if cfg.risk.epsilon is not None:
+        for name, split in splits.items():
+            if not split.calibration:
+                raise AdaInferError(
+                    f"risk.epsilon={cfg.risk.epsilon} needs a calibration split, and task "
+                    f"{name!r} has none",
+                    "hold out train instances for it: task.n_calibration=500 (with task.n_train)",
+                )
+    fit_splits = {t.name: t.load() for t in fit_tasks.values()}
+    return JobInputs(policy, task, members, splits, fit_tasks, fit_splits)

@@ -1,0 +1,179 @@
+"""The run settings a config may hold, and their checks: cheap, before anything heavy loads.
+
+``check_settings(cfg)`` looks at every size, count, flag and name of a composed job config and
+returns one line per mistake, each naming the key, the value it got, what it takes and an
+example. It imports nothing beyond the standard library and OmegaConf, so ``run.py`` answers a
+bad config in about a second, before torch, transformers, Lightning or MLflow are imported.
+The names of feature sets and probes live here for the same reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from adainfer.errors import AdaInferError
+
+FEATURES = ("gap", "top_prob")
+RECORDED = ("gap", "top_prob", "cos_attn", "cos_mlp", "cos_hidden")
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "base": FEATURES,
+    "attn": (*FEATURES, "cos_attn"),  # the paper's "+attn"
+    "mlp": (*FEATURES, "cos_mlp"),
+    "hidden": (*FEATURES, "cos_hidden"),
+    "all": RECORDED,
+}
+PROBES = ("logit_lens", "tuned")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one key takes: ``ok(value)`` says whether a value is allowed; ``takes`` says it in
+    words ("a whole number >= 0") and ``example`` is a good value."""
+
+    ok: Callable[[Any], bool]
+    takes: str  # "a whole number >= 0"
+    example: str  # "5"
+    optional: bool = False  # null allowed
+    unknown: str = ""  # for names: what an unknown one is called ("probe")
+
+
+def _int(low: int | None = None) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and (low is None or v >= low)
+
+
+def _number(low: float, high: float | None = None, open_low: bool = False):
+    def ok(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, int | float) or v != v:  # v != v: NaN
+            return False
+        above = v > low if open_low else v >= low
+        return above and (high is None or v < high)
+
+    return ok
+
+
+def _flag(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _one_of(names) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, str) and v in names
+
+
+def _first_layer(v: Any) -> bool:
+    return v == "auto" or _int(1)(v)
+
+
+def _devices(v: Any) -> bool:
+    return v == "auto" or _int(1)(v) or (isinstance(v, list) and all(_int(0)(d) for d in v))
+
+
+COUNT = Rule(_int(1), "a whole number >= 1", "200", optional=True)
+
+# Keys of the job config (conf/config.yaml and the group it comes from).
+RUN: dict[str, Rule] = {
+    "shots": Rule(_int(0), "a whole number >= 0", "5"),
+    "seed": Rule(_int(), "a whole number", "0"),
+    "batch_size": Rule(_int(1), "a whole number >= 1", "8"),
+    "context_length": Rule(_int(1), "a whole number of tokens >= 1 (or null)", "512", True),
+    "engine": Rule(_flag, "true or false", "true"),
+    "feature_set": Rule(
+        _one_of(FEATURE_SETS), f"one of {sorted(FEATURE_SETS)}", "base", unknown="feature_set"
+    ),
+    "trainer.devices": Rule(_devices, "a whole number >= 1, a list of ids or auto", "1"),
+    "mlflow.experiment": Rule(lambda v: isinstance(v, str) and bool(v.strip()), "a name", "x"),
+    "traces.enabled": Rule(_flag, "true or false", "false"),
+    "risk.epsilon": Rule(_number(0, 1, open_low=True), "a fraction in (0, 1)", "0.01", True),
+    "risk.delta": Rule(_number(0, 1, open_low=True), "a probability in (0, 1)", "0.1"),
+    "risk.resplits": Rule(_int(0), "a whole number >= 0", "20"),
+    "probe.name": Rule(_one_of(PROBES), f"one of {list(PROBES)}", "tuned", unknown="probe"),
+    "probe.first_layer": Rule(_first_layer, "a layer number >= 1, or auto", "auto"),
+    "probe.ridge": Rule(_number(0), "a number >= 0", "0.1"),
+    "fit.include_own": Rule(_flag, "true or false", "true"),
+}
+
+# Keys a task node may hold (conf/task/*.yaml); checked on the task and on every fit.tasks.*.
+TASK: dict[str, Rule] = {
+    "n_train": COUNT,
+    "n_test": COUNT,
+    "n_calibration": Rule(_int(0), "a whole number >= 0", "500"),
+    "split_seed": Rule(_int(), "a whole number", "42"),
+    "train_fraction": Rule(_number(0, 1, open_low=True), "a number in (0, 1)", "0.5"),
+}
+
+# Keys a classifier node may hold (conf/classifier/*.yaml).
+CLASSIFIER: dict[str, Rule] = {
+    "threshold": Rule(_number(float("-inf")), "a number", "0.5", True),
+    "C": Rule(_number(0, open_low=True), "a number > 0", "1.0"),
+    "seed": Rule(_int(), "a whole number", "0"),
+    "c1": Rule(_number(0), "a number >= 0", "0.1"),
+    "c2": Rule(_number(0), "a number >= 0", "0.1"),
+    "max_iterations": Rule(_int(1), "a whole number >= 1", "100"),
+}
+
+
+def _lookup(node: Any, dotted: str) -> tuple[bool, Any]:
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping | DictConfig) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _problems(node: Any, rules: Mapping[str, Rule], prefix: str) -> Iterator[str]:
+    for key, rule in rules.items():
+        present, value = _lookup(node, key)
+        if not present or (value is None and rule.optional):
+            continue
+        if not rule.ok(value):
+            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            what = f"unknown {rule.unknown} " if rule.unknown else ""
+            yield (
+                f"{what}{prefix}{key}={shown!r} is not {rule.takes} "
+                f"(e.g. {prefix}{key}={rule.example})"
+            )
+
+
+def _plain(cfg: DictConfig) -> dict:
+    """The config as plain Python, interpolations resolved (a bad one is a config mistake)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception as err:  # noqa: BLE001 - OmegaConf's resolution errors have many types
+        raise AdaInferError(f"the config does not resolve: {err}", "fix that override") from None
+
+
+def check_settings(cfg: DictConfig) -> list[str]:
+    """One line per bad value in ``cfg`` (empty when every checked key is fine)."""
+    plain = _plain(cfg)
+    problems = list(_problems(plain, RUN, ""))
+    tasks = {"task.": plain.get("task") or {}}
+    tasks |= {
+        f"fit.tasks.{k}.": node for k, node in ((plain.get("fit") or {}).get("tasks") or {}).items()
+    }
+    for prefix, node in tasks.items():
+        problems += _problems(node, TASK, prefix)
+        members = node.get("tasks") if isinstance(node, dict) else None
+        if "tasks" in node and not (
+            isinstance(members, list) and members and all(isinstance(m, str) for m in members)
+        ):
+            problems.append(
+                f"{prefix}tasks={members!r} is not a non-empty list of task names "
+                f"(e.g. {prefix}tasks=[antonym,capitalize])"
+            )
+    problems += _problems(plain.get("classifier") or {}, CLASSIFIER, "classifier.")
+    return problems
+
+
+def require_valid(cfg: DictConfig) -> None:
+    """Raise one :class:`AdaInferError` listing every bad value in ``cfg``."""
+    problems = check_settings(cfg)
+    if len(problems) == 1:
+        raise AdaInferError(f"bad setting {problems[0]}", "change that override and run again")
+    if problems:
+        listed = "\n  ".join(problems)
+        raise AdaInferError(
+            f"{len(problems)} bad settings:\n  {listed}", "change those overrides and run again"
+        )
