@@ -68,4 +68,12 @@ def load_inputs(cfg: DictConfig) -> JobInputs:
                     "hold out train instances for it: task.n_calibration=500 (with task.n_train)",
                 )
     fit_splits = {t.name: t.load() for t in fit_tasks.values()}
+    for name, split in splits.items():
+        # A train prompt's demonstrations come from the other train instances.
+        if cfg.shots >= len(split.train):
+            raise AdaInferError(
+                f"shots={cfg.shots} but task {name!r} has only {len(split.train)} train "
+                f"instances, so a train prompt has at most {len(split.train) - 1} demonstrations",
+                f"lower shots (at most {len(split.train) - 1}), or raise task.n_train",
+            )
     return JobInputs(policy, task, members, splits, fit_tasks, fit_splits)

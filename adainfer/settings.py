@@ -129,12 +129,23 @@ def _problems(node: Any, rules: Mapping[str, Rule], prefix: str) -> Iterator[str
         if not present or (value is None and rule.optional):
             continue
         if not rule.ok(value):
-            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
             what = f"unknown {rule.unknown} " if rule.unknown else ""
             yield (
-                f"{what}{prefix}{key}={shown!r} is not {rule.takes} "
+                f"{what}{prefix}{key}={_short(value)} is not {rule.takes} "
                 f"(e.g. {prefix}{key}={rule.example})"
             )
+
+
+def _task_list(members: Any) -> bool:
+    """A suite's members: task names (``rules``) or task configs by key (``synthetic_rules``)."""
+    if isinstance(members, list):
+        return bool(members) and all(isinstance(m, str) for m in members)
+    return isinstance(members, dict) and bool(members)
+
+
+def _short(value: Any, width: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _plain(cfg: DictConfig) -> dict:
@@ -156,11 +167,9 @@ def check_settings(cfg: DictConfig) -> list[str]:
     for prefix, node in tasks.items():
         problems += _problems(node, TASK, prefix)
         members = node.get("tasks") if isinstance(node, dict) else None
-        if "tasks" in node and not (
-            isinstance(members, list) and members and all(isinstance(m, str) for m in members)
-        ):
+        if "tasks" in node and not _task_list(members):
             problems.append(
-                f"{prefix}tasks={members!r} is not a non-empty list of task names "
+                f"{prefix}tasks={_short(members)} is not a non-empty list of task names "
                 f"(e.g. {prefix}tasks=[antonym,capitalize])"
             )
     problems += _problems(plain.get("classifier") or {}, CLASSIFIER, "classifier.")

@@ -44,6 +44,14 @@ class SklearnPolicy(ExitPolicy):
         self.seed = seed
         self.kwargs = kwargs
         self.model: Pipeline | None = None
+        try:  # a misspelt classifier.* key fails here, before any run, not inside fit
+            self._estimator()
+        except TypeError as err:
+            raise AdaInferError(
+                f"classifier {self.name!r}: {err}",
+                "check the classifier.* keys against conf/classifier/ and scikit-learn's "
+                "parameters of that estimator",
+            ) from None
 
     def _estimator(self):
         raise NotImplementedError
