@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,40 +74,74 @@ def _fit(tokenizer, prompt: Prompt, max_length: int) -> _Fitted:
     """The prompt with as many of its most recent demonstrations as fit ``max_length`` tokens
     (the oldest are dropped first), with its gold token.
 
-    The length grows with every demonstration kept, so the number kept is found by a binary
-    search: O(log shots) tokenizations instead of one per dropped demonstration.
+    The length grows with every demonstration kept, so the number kept is searched for, not
+    stepped down to: a guess from character counts (at the query's own tokens per character)
+    is bracketed by a galloping search and the bracket closed by bisection. The guess sets
+    only the speed (a few tokenizations near ``max_length`` tokens instead of one per dropped
+    demonstration), never the result: the most demonstrations that fit.
     """
+    tried: dict[int, tuple[int, _Fitted | None]] = {}
 
-    def attempt(kept: int) -> _Fitted | None:
-        candidate = prompt.keep_last_demos(kept)
-        ids = tokenizer(candidate.text).input_ids
-        if len(ids) > max_length:  # too long already: no need to look at the answer
-            return None
-        space, gold = answer_start(tokenizer, ids, candidate)
-        if len(ids) + len(space) > max_length:
-            return None
-        return _Fitted(candidate, ids + space, gold, len(space))
+    def fits(kept: int) -> bool:
+        if kept not in tried:
+            candidate = prompt.keep_last_demos(kept)
+            ids = tokenizer(candidate.text).input_ids
+            fitted = None
+            if len(ids) <= max_length:  # else too long already: no need to see the answer
+                space, gold = answer_start(tokenizer, ids, candidate)
+                fitted = _Fitted(candidate, ids + space, gold, len(space))
+            length = len(ids) if fitted is None else len(fitted.input_ids)
+            tried[kept] = (length, fitted if length <= max_length else None)
+        return tried[kept][1] is not None
 
-    best = attempt(prompt.shots)
-    if best is None:
-        lo, hi = 0, prompt.shots - 1  # not all fit: find the most in lo..hi that do
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            fitted = attempt(mid)
-            if fitted is None:
-                hi = mid - 1
-            else:
-                best, lo = fitted, mid + 1
-    if best is None:
-        alone = prompt.keep_last_demos(0)
-        ids = tokenizer(alone.text).input_ids
-        length = len(ids) + len(answer_start(tokenizer, ids, alone)[0])
+    if not fits(0):
         raise AdaInferError(
-            f"the query {prompt.query.input[:60]!r}... alone is {length} tokens, longer than "
-            f"the context of {max_length}",
+            f"the query {prompt.query.input[:60]!r}... alone is {tried[0][0]} tokens, longer "
+            f"than the context of {max_length}",
             "raise context_length (up to the model's), or shorten/remove that instance",
         )
-    return best
+    query = prompt.keep_last_demos(0).text
+    per_char = tried[0][0] / max(len(query), 1)
+    chars = len(query)
+    guess = 0
+    for demo in reversed(prompt.demos):  # the most recent first
+        chars += len(prompt.template.render([demo], prompt.query)) - len(query)
+        if chars * per_char > max_length:
+            break
+        guess += 1
+    fitted = tried[_most_that_fit(fits, prompt.shots, guess)][1]
+    assert fitted is not None
+    return fitted
+
+
+def _most_that_fit(fits: Callable[[int], bool], top: int, guess: int) -> int:
+    """The largest k in 0..top with ``fits(k)``, where fits(0) holds and fits is monotone
+    (true up to some k, false after), found outward from ``guess``."""
+    good, bad = 0, top + 1  # fits(good) holds; every k >= bad does not fit
+    step, first = 1, min(guess, top)
+    if fits(first):
+        good = first
+        while good < top:  # gallop up
+            probe = min(good + step, top)
+            if not fits(probe):
+                bad = probe
+                break
+            good, step = probe, step * 2
+    else:
+        bad = first
+        while bad - step > good:  # gallop down
+            probe = bad - step
+            if fits(probe):
+                good = probe
+                break
+            bad, step = probe, step * 2
+    while bad - good > 1:  # bisect
+        mid = (good + bad) // 2
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
 
 
 def encode_prompts(tokenizer, prompts: list[Prompt], max_length: int) -> EncodedPrompts:

@@ -2,7 +2,7 @@
 
 SmolLM2's and Gemma-3's tokenizers split `` 1998`` into ``" "``, ``"1"``, ``"9"``, ...; the
 space goes into the prompt and the digit is the gold token. Prompts that fit the context are
-found by a binary search that must equal dropping one demonstration at a time.
+found by a search that must equal dropping one demonstration at a time.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from conftest import QUIET, smollm2
 
-from adainfer.encoding import check_label_tokens, encode_prompts
+from adainfer.encoding import _most_that_fit, check_label_tokens, encode_prompts
 from adainfer.evaluate import layer_accuracy
 from adainfer.models import PackagedGGUFModel
 from adainfer.runner import extract_records
@@ -90,7 +90,7 @@ def _linear_fit(tokenizer, prompt: Prompt, max_length: int) -> tuple[list[int], 
     raise AssertionError("the query alone does not fit")
 
 
-def test_binary_search_fit_equals_dropping_one_at_a_time(tiny_llama):
+def test_fit_equals_dropping_one_at_a_time(tiny_llama):
     tok = tiny_llama.tokenizer
     pool = [Example(f"{i} plus {i}", str(2 * i)) for i in range(40)]
     pool += [Example(f"colour {i}", c) for i, c in enumerate(["red", "green", "blue"] * 10)]
@@ -105,6 +105,22 @@ def test_binary_search_fit_equals_dropping_one_at_a_time(tiny_llama):
         assert enc.truncated == len(prompts)
         dropped |= {n for _, n in expected}
     assert len(dropped) >= 3  # all, most and a few of the 9 demonstrations dropped
+
+
+def test_search_finds_the_most_that_fit_in_log_probes():
+    """Any guess, any answer: the largest fitting count, in O(log shots) probes."""
+    for top in range(40):
+        for most in range(top + 1):
+            for guess in range(top + 3):
+                probes: list[int] = []
+
+                def fits(k: int, probes=probes, most=most) -> bool:
+                    probes.append(k)
+                    return k <= most
+
+                found = _most_that_fit(fits, top, guess)
+                assert found == most, (top, most, guess)
+                assert len(probes) <= 2 * (top + 1).bit_length() + 1, (top, most, guess)
 
 
 @pytest.mark.slow
