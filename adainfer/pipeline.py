@@ -411,6 +411,9 @@ def run(cfg: DictConfig, inputs: JobInputs | None = None) -> dict[str, float]:
             )
         outcome.metrics["prompts_truncated"] = float(train.truncated + test.truncated)
         outcome.metrics["demos_dropped"] = float(train.dropped_demos + test.dropped_demos)
+        outcome.metrics["answers_space_prefixed"] = float(
+            train.space_prefixed + test.space_prefixed
+        )
         ran = records.store is None or records.store.misses > misses
         tracking.set_tags({"llm_forward": "computed" if ran else "trace_store"})
         _log_outcome(outcome, loaded, config_yaml)

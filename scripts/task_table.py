@@ -5,6 +5,7 @@ traces cached), then prints a Markdown table with the paper's group averages and
 ``--out``. Needs the data sets: ``ADAINFER_DATA_DIR`` (or ../shared/data beside the repo).
 
     python scripts/task_table.py --model smollm2_135m --shots 0 5 --n 100 --out docs/TASKS.md
+    python scripts/task_table.py --tasks squad --shots 0 5 --n 100   # some rows only
 """
 
 from __future__ import annotations
@@ -31,12 +32,16 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100, help="train and test instances per task")
     parser.add_argument("--experiment", default="task-table")
     parser.add_argument("--out", default=None, help="also write the Markdown table here")
+    known = [task for tasks in GROUPS.values() for task in tasks]
+    parser.add_argument(
+        "--tasks", nargs="+", choices=known, default=known, help="only these tasks' rows"
+    )
     args = parser.parse_args()
     use_shared_data()
 
     rows = []
     for group, tasks in GROUPS.items():
-        for task in tasks:
+        for task in (t for t in tasks if t in args.tasks):
             for shots in args.shots:
                 overrides = [
                     f"model={args.model}",

@@ -43,8 +43,9 @@ class Prompt:
     def shots(self) -> int:
         return len(self.demos)
 
-    def drop_first_demo(self) -> Prompt:
-        return replace(self, demos=self.demos[1:])
+    def keep_last_demos(self, kept: int) -> Prompt:
+        """The prompt with only its ``kept`` most recent demonstrations."""
+        return replace(self, demos=self.demos[len(self.demos) - kept :])
 
 
 def build_prompts(
