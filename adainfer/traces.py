@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from adainfer.encoding import EncodedPrompts
 from adainfer.features import RECORD_VERSION, LayerRecords
+from adainfer.files import share
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class TraceStore:
         os.close(fd)
         try:
             pq.write_table(table, tmp)
+            share(Path(tmp))  # mkstemp made it 0600: a group sharing the cache could not read it
             os.replace(tmp, self.path(key))
         finally:
             if os.path.exists(tmp):
