@@ -45,3 +45,21 @@ def share(path: Path) -> None:
                 child = os.path.join(parent, name)
                 if not os.path.islink(child):  # a link's target is not ours to change
                     os.chmod(child, mode)
+
+
+def cannot_write(folder: Path) -> str | None:
+    """Why files cannot be created in ``folder`` (made if missing), or None when they can.
+
+    Tries for real (a temporary file, removed again) rather than reading permission bits, which
+    root ignores and which say nothing about read-only mounts or full quotas.
+    """
+    import tempfile
+
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        return f"{type(err).__name__}: {err.strerror or err}"
+    return None

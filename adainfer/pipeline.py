@@ -229,6 +229,22 @@ class _Records:
         root = cfg.traces.dir or cache.cache_root() / "traces"
         self.store = TraceStore(Path(root)) if cfg.traces.enabled else None
         self.lenses = LensStore(Path(root).parent / "probes") if self.store else None
+        # Checked before any LLM pass: an unwritable cache is read, not written (README,
+        # "Layer traces"), instead of failing after the pass and losing its records.
+        self.tags: dict[str, str] = {}
+        lenses = self.lenses if cfg.probe.name == "tuned" else None
+        for store in (s for s in (self.store, lenses) if s is not None):
+            problem = store.check_writable()
+            if problem:
+                self.tags["trace_store"] = "read-only"
+                log.warning(
+                    "cache folder %s is not writable (%s): this run reads what it holds but "
+                    "stores nothing new. Fix: pass traces.dir=A_WRITABLE_FOLDER, or "
+                    "traces.enabled=false, or make %s writable",
+                    store.root,
+                    problem,
+                    store.root,
+                )
 
     def _precision(self, loaded: LoadedModel) -> str:
         return f"{loaded.dtype}|{self.cfg.trainer.precision}"
@@ -405,7 +421,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     records = _Records(cfg)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     run_name = f"{model_spec.name}/{task.name}/{cfg.shots}shot/{policy.name}"
-    tags = _sweep_tags()
+    tags = _sweep_tags() | records.tags
     uri = cfg.mlflow.tracking_uri
 
     def fit_records(name: str, probe: Probe, fit_probe: Probe) -> LayerRecords:
