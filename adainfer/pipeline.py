@@ -174,6 +174,7 @@ def score(
         result.exit_layer, test_records.seq_len, loaded.config, policy, probe
     )
     metrics["honest_flops_ratio"] = float(np.mean(honest))
+    metrics["first_layer"] = float(policy.first_layer)  # what probe.first_layer=auto chose
     metrics |= agreement_metrics(test_records)
     return Outcome(metrics | calibrated, fit_records, test_records, result, policy, probe)
 
@@ -473,11 +474,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     def sizes(name: str) -> dict[str, int]:
         train, test = prepared[name]
         n_cal = len(calibration[name].input_ids) if limit else 0
+        member = members[name]  # what the task asked for (None: all); the counts above: got
+        requested = {f"{k}_requested": getattr(member, k, None) for k in ("n_train", "n_test")}
+        requested["n_calibration_requested"] = getattr(member, "n_calibration", 0)
         return {
             "n_train": len(train.input_ids),
             "n_test": len(test.input_ids),
             "n_calibration": n_cal,
-        }
+        } | requested
 
     if not isinstance(task, Suite):
         with tracking.tracked_run(
