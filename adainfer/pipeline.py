@@ -161,6 +161,7 @@ def score(
         result.exit_layer, test_records.seq_len, loaded.config, policy, probe
     )
     metrics["honest_flops_ratio"] = float(np.mean(honest))
+    metrics["first_layer"] = float(policy.first_layer)  # what probe.first_layer=auto chose
     metrics |= agreement_metrics(test_records)
     return Outcome(metrics | calibrated, fit_records, test_records, result, policy, probe)
 
@@ -216,6 +217,22 @@ class _Records:
         root = cfg.traces.dir or cache.cache_root() / "traces"
         self.store = TraceStore(Path(root)) if cfg.traces.enabled else None
         self.lenses = LensStore(Path(root).parent / "probes") if self.store else None
+        # Checked before any LLM pass: an unwritable cache is read, not written (README,
+        # "Layer traces"), instead of failing after the pass and losing its records.
+        self.tags: dict[str, str] = {}
+        lenses = self.lenses if cfg.probe.name == "tuned" else None
+        for store in (s for s in (self.store, lenses) if s is not None):
+            problem = store.check_writable()
+            if problem:
+                self.tags["trace_store"] = "read-only"
+                log.warning(
+                    "cache folder %s is not writable (%s): this run reads what it holds but "
+                    "stores nothing new. Fix: pass traces.dir=A_WRITABLE_FOLDER, or "
+                    "traces.enabled=false, or make %s writable",
+                    store.root,
+                    problem,
+                    store.root,
+                )
 
     def _precision(self, loaded: LoadedModel) -> str:
         return f"{loaded.dtype}|{self.cfg.trainer.precision}"
@@ -368,7 +385,7 @@ def run(cfg: DictConfig, inputs: JobInputs | None = None) -> dict[str, float]:
     records = _Records(cfg)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     run_name = f"{model_spec.name}/{task.name}/{cfg.shots}shot/{policy.name}"
-    tags = _sweep_tags()
+    tags = _sweep_tags() | records.tags
     uri = cfg.mlflow.tracking_uri
 
     def fit_records(name: str, probe: Probe, fit_probe: Probe) -> LayerRecords:
@@ -423,11 +440,14 @@ def run(cfg: DictConfig, inputs: JobInputs | None = None) -> dict[str, float]:
     def sizes(name: str) -> dict[str, int]:
         train, test = prepared[name]
         n_cal = len(calibration[name].input_ids) if limit else 0
+        member = members[name]  # what the task asked for (None: all); the counts above: got
+        requested = {f"{k}_requested": getattr(member, k, None) for k in ("n_train", "n_test")}
+        requested["n_calibration_requested"] = getattr(member, "n_calibration", 0)
         return {
             "n_train": len(train.input_ids),
             "n_test": len(test.input_ids),
             "n_calibration": n_cal,
-        }
+        } | requested
 
     if not isinstance(task, Suite):
         with tracking.tracked_run(

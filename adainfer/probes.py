@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +36,12 @@ from torch.utils.data import DataLoader
 
 from adainfer.encoding import EncodedPrompts
 from adainfer.errors import AdaInferError
+from adainfer.files import cannot_write
 from adainfer.models.arch import DecoderParts
 from adainfer.models.cache import publish_folder
 from adainfer.settings import PROBES  # noqa: F401 - re-exported
+
+log = logging.getLogger(__name__)
 
 
 class LogitLens:
@@ -250,6 +254,13 @@ class LensStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self.read_only = False  # set by check_writable: read, never write
+
+    def check_writable(self) -> str | None:
+        """Why lenses cannot be stored here (the store then becomes ``read_only``), or None."""
+        problem = cannot_write(self.root)
+        self.read_only = problem is not None
+        return problem
 
     def path(self, key: dict[str, Any]) -> Path:
         payload = json.dumps(key, sort_keys=True).encode()
@@ -265,10 +276,20 @@ class LensStore:
         except (OSError, ValueError, KeyError, AdaInferError):
             pass  # absent or damaged: fit again
         lens = fit()
+        if self.read_only:
+            return lens
 
         def write(tmp: Path) -> None:
             lens.save(tmp)
             (tmp / "key.json").write_text(json.dumps(key, sort_keys=True))
 
-        publish_folder(folder, write)
+        try:
+            publish_folder(folder, write)
+        except OSError as err:
+            log.warning(
+                "could not store the tuned lens in %s (%s: %s); the run goes on with it, unstored",
+                folder,
+                type(err).__name__,
+                err,
+            )
         return lens

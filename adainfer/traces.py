@@ -4,11 +4,14 @@ A trace is the per-layer records of one split of one task under one model, promp
 probe. It is stored as Parquet, named by a hash of exactly the settings that produced it plus
 the model's identity and the token ids and gold tokens themselves, so a different setting can
 never reuse it. Writes go to a temporary file renamed into place; a file that is truncated,
-unreadable or does not match its key is deleted and recomputed.
+unreadable or does not match its key is deleted and recomputed. A store that cannot be written
+(``read_only``, or a write that fails, e.g. on a full disk) still reads what it holds and hands
+back the computed records, unstored, with a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,6 +27,7 @@ import pyarrow.parquet as pq
 
 from adainfer.encoding import EncodedPrompts
 from adainfer.features import RECORD_VERSION, LayerRecords
+from adainfer.files import cannot_write, share
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,16 @@ class TraceStore:
         self.root = Path(root)
         self.hits = 0
         self.misses = 0
+        self.read_only = False  # set by check_writable: read, never write
+
+    def check_writable(self) -> str | None:
+        """Why the store cannot be written (it then becomes ``read_only``), or None if it can.
+
+        Checked before the expensive pass, so a read-only cache costs no computed records.
+        """
+        problem = cannot_write(self.root)
+        self.read_only = problem is not None
+        return problem
 
     def path(self, key: TraceKey) -> Path:
         return self.root / f"{key.task}-{key.split}-{key.digest()}.parquet"
@@ -87,23 +101,39 @@ class TraceStore:
                 raise ValueError("its content checksum does not match")
         except Exception as err:  # noqa: BLE001 - any damage means: recompute
             log.warning("trace %s is unusable (%s); recomputing it", path.name, err)
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only store: it stays, recomputed each time
+                path.unlink(missing_ok=True)
             return None
         return records
 
-    def put(self, key: TraceKey, records: LayerRecords) -> Path:
-        """Store atomically: readers see the whole file or none."""
-        self.root.mkdir(parents=True, exist_ok=True)
+    def put(self, key: TraceKey, records: LayerRecords) -> Path | None:
+        """Store atomically: readers see the whole file or none. None when it was not stored
+        (a ``read_only`` store, or the write failed: warned, the caller keeps its records)."""
+        if self.read_only:
+            return None
         table = pa.Table.from_pandas(records.to_frame(), preserve_index=False)
         meta = {"key": asdict(key), "checksum": _checksum(records)}
         table = table.replace_schema_metadata({_META: json.dumps(meta).encode()})
-        fd, tmp = tempfile.mkstemp(prefix=".trace-", suffix=".tmp", dir=self.root)
-        os.close(fd)
+        tmp = None
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".trace-", suffix=".tmp", dir=self.root)
+            os.close(fd)
             pq.write_table(table, tmp)
+            share(Path(tmp))  # mkstemp made it 0600: a group sharing the cache could not read it
             os.replace(tmp, self.path(key))
+        except OSError as err:
+            log.warning(
+                "could not store trace %s in %s (%s: %s); the run goes on with the computed "
+                "records, unstored",
+                self.path(key).name,
+                self.root,
+                type(err).__name__,
+                err,
+            )
+            return None
         finally:
-            if os.path.exists(tmp):
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
         return self.path(key)
 

@@ -108,3 +108,37 @@ def test_engine_mode_logs_online_exits(tracking_uri):
         pipeline.run(compose_cfg([*common, *uri, "classifier=crf"]))
     runs = _runs(tracking_uri, "engine")
     assert len(runs) == 1  # the refused CRF job opened no run
+
+
+def test_first_layer_is_logged_as_resolved(tiny_llama):
+    from adainfer.policies.base import earliest_settled
+
+    train, test = _prepared(tiny_llama)
+    records = pipeline.evaluate(tiny_llama, NeverExit(), train, test, batch_size=8)
+    auto = pipeline.score(SVMPolicy(), records.train, records.test, tiny_llama, first_layer="auto")
+    assert auto.metrics["first_layer"] == earliest_settled(records.train)
+    assert auto.metrics["first_layer"] == auto.policy.first_layer
+    plain = pipeline.score(SVMPolicy(), records.train, records.test, tiny_llama)
+    assert plain.metrics["first_layer"] == 1
+
+
+def test_fewer_rows_than_asked_are_logged_and_warned(tiny_llama, tracking_uri, tmp_path, caplog):
+    available = len(RuleTask().load().test)
+    cfg = compose_cfg(
+        [
+            "model=tiny_llama",
+            "shots=1",
+            "task.n_train=8",
+            f"task.n_test={available + 100}",
+            f"traces.dir={tmp_path}",
+            f"mlflow.tracking_uri={tracking_uri}",
+            "mlflow.experiment=requested",
+        ]
+    )
+    with caplog.at_level("WARNING", logger="adainfer.tasks.base"):
+        pipeline.run(cfg)
+    assert f"task.n_test={available + 100} asks for more test instances than the " in caplog.text
+    run = _runs(tracking_uri, "requested").iloc[0]
+    assert run["params.n_test_requested"] == str(available + 100)
+    assert run["params.n_test"] == str(available)
+    assert run["params.n_train_requested"] == run["params.n_train"] == "8"

@@ -104,3 +104,52 @@ def test_tradeoff_curve_orders_cost_by_threshold():
     assert refs.loc["never", "flops_ratio"] == pytest.approx(1.0)
     assert refs.loc["oracle_consistent", "acc"] == refs.loc["never", "acc"]
     assert refs.loc["oracle_gold", "acc"] >= refs.loc["never", "acc"]
+
+
+def _strict_json(path):
+    """policy.json as a strict JSON reader (jq, JavaScript) parses it: no NaN / Infinity."""
+    import json
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_never_exit_threshold_round_trips_as_infinity(tmp_path):
+    from adainfer.risk import RiskLimit, calibrate
+
+    train, cal, test = _flippy(0), _flippy(1), _flippy(3)
+    policy = GapThreshold().fit(train)
+    # 5 losses out of 5 cannot certify anything: the policy learns "never exit" (+inf).
+    assert not calibrate(policy, train, cal.take(np.arange(5)), RiskLimit(0.01, 0.1)).certified
+    assert policy.threshold == np.inf and policy.never_stops()
+    policy.save(tmp_path / "p")
+    assert _strict_json(tmp_path / "p" / "policy.json")["params"]["threshold"] == "inf"
+    again = load_policy(tmp_path / "p")
+    assert again.threshold == np.inf and again.never_stops()
+    assert np.array_equal(again.exit_layers(test), policy.exit_layers(test))
+    assert np.all(again.exit_layers(test) == test.num_layers)
+
+
+@pytest.mark.parametrize("name", ["../outside.skops", "/etc/hostname", "sub/model.skops", ".."])
+def test_model_file_outside_the_policy_folder_is_refused(tmp_path, name):
+    import json
+
+    folder = tmp_path / "p"
+    SVMPolicy().fit(_records(0)).save(folder)
+    (tmp_path / "outside.skops").write_bytes((folder / "model.skops").read_bytes())
+    meta = json.loads((folder / "policy.json").read_text())
+    meta["model_file"] = name
+    (folder / "policy.json").write_text(json.dumps(meta))
+    with pytest.raises(AdaInferError, match="not a plain file name inside the policy folder"):
+        load_policy(folder)
+
+
+def test_model_file_linked_out_of_the_folder_is_refused(tmp_path):
+    folder = tmp_path / "p"
+    SVMPolicy().fit(_records(0)).save(folder)
+    (folder / "model.skops").rename(tmp_path / "elsewhere.skops")
+    (folder / "model.skops").symlink_to(tmp_path / "elsewhere.skops")
+    with pytest.raises(AdaInferError, match="refusing to read outside it"):
+        load_policy(folder)

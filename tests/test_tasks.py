@@ -381,3 +381,64 @@ def test_bad_rows_and_options(data_dir, tmp_path):
         SST2Task(data_dir=str(data_dir), label_words=["bad", "good", "meh"]).load()
     with pytest.raises(AdaInferError, match="train_fraction=1.5"):
         SquadTask(data_dir=str(data_dir), train_fraction=1.5).load()
+
+
+def test_non_utf8_byte_names_the_file_and_line(data_dir, tmp_path):
+    rows = _local(data_dir, "function_vectors/abstractive/antonym.jsonl")[:10]
+    _write(tmp_path / "function_vectors" / "abstractive" / "antonym.jsonl", rows)
+    path = tmp_path / "function_vectors" / "abstractive" / "antonym.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[3] = lines[3].replace(b'"input": "', b'"input": "caf\xe9 ')  # Latin-1, not UTF-8
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(AdaInferError, match=r"antonym.jsonl:4, byte \d+: not UTF-8") as err:
+        FunctionVectorsTask(name="antonym", data_dir=str(tmp_path)).load()
+    assert "re-save the file as UTF-8" in str(err.value)
+    # The hub-or-local readers (SST-2 here) go through the same check.
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "sst2" / "train.jsonl").write_bytes(b'{"sentence": "na\xefve", "label": 1}\n')
+    with pytest.raises(AdaInferError, match=r"sst2/train.jsonl:1, byte 17: not UTF-8"):
+        SST2Task(data_dir=str(tmp_path)).load()
+
+
+def test_bad_json_names_line_and_column(tmp_path):
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "sst2" / "train.jsonl").write_text('{"sentence": "ok", "label": 1}\n{"a": }\n')
+    with pytest.raises(AdaInferError) as err:
+        SST2Task(data_dir=str(tmp_path)).load()
+    first = str(err.value).splitlines()[0]
+    assert first.endswith("train.jsonl:2, column 7: not valid JSON (Expecting value)"), first
+
+
+def test_empty_split_names_its_file(data_dir, tmp_path, fake_hub):
+    _write(tmp_path / "sst2" / "train.jsonl", _local(data_dir, "sst2/validation.jsonl")[:20])
+    (tmp_path / "sst2" / "validation.jsonl").write_text("\n")
+    with pytest.raises(AdaInferError, match="the test split is empty") as err:
+        SST2Task(data_dir=str(tmp_path)).load()
+    assert f"read from {tmp_path / 'sst2' / 'validation.jsonl'}" in str(err.value)
+    with pytest.raises(AdaInferError, match="the train split is empty") as err:
+        SST2Task(n_train=0).load()  # from the (fake) hub: the data set is named
+    assert "hub data set nyu-mll/glue, config 'sst2', split 'train'" in str(err.value)
+
+
+def test_fewer_rows_than_asked_warn_and_calibration_suggests_sizes(data_dir, caplog):
+    with caplog.at_level("WARNING", logger="adainfer.tasks.base"):
+        splits = FunctionVectorsTask(
+            name="antonym", data_dir=str(data_dir), n_train=100_000, n_test=100_000
+        ).load()
+    text = caplog.text
+    assert f"task.n_train=100000 asks for more train instances than the {len(splits.train)}" in text
+    assert f"task.n_test=100000 asks for more test instances than the {len(splits.test)}" in text
+    pool = len(splits.train)
+    with pytest.raises(AdaInferError, match="none are left for calibration") as err:
+        FunctionVectorsTask(
+            name="antonym", data_dir=str(data_dir), n_train=pool, n_calibration=50
+        ).load()
+    fix = f"task.n_train={pool - 50} task.n_calibration=50"
+    assert fix in str(err.value)
+    # The suggested sizes do fit: no error, no warning, all 50 held out.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="adainfer.tasks.base"):
+        fitted = FunctionVectorsTask(
+            name="antonym", data_dir=str(data_dir), n_train=pool - 50, n_calibration=50
+        ).load()
+    assert len(fitted.calibration) == 50 and not caplog.text

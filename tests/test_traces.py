@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +13,7 @@ from conftest import compose_cfg
 
 from adainfer import pipeline, tracking
 from adainfer.features import LayerRecords, probe_layers
+from adainfer.models import cache
 from adainfer.policies import SVMPolicy
 from adainfer.tasks import RuleTask
 from adainfer.traces import TraceKey, TraceStore, data_digest
@@ -175,3 +180,60 @@ def test_cosine_features_match_library_hidden_states(tiny_llama):
         assert feats["cos_hidden"][0, layer - 1] == pytest.approx(float(expected), abs=1e-5)
     assert (feats["cos_attn"][:, 0] == 0).all()
     assert (feats["cos_mlp"][:, 1:].abs() <= 1 + 1e-6).all()
+
+
+@pytest.fixture
+def umask_022():
+    """Run under the common umask 0o022 (what group-shared caches are usually written with)."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_cache_files_get_the_modes_the_umask_allows(tiny_llama, encoded, tmp_path, umask_022):
+    records = pipeline.evaluate(tiny_llama, SVMPolicy(), *encoded, batch_size=4).test
+    path = TraceStore(tmp_path / "traces").put(_key(encoded[1]), records)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0600
+
+    def write(folder):
+        (folder / "sub").mkdir()
+        (folder / "sub" / "weights.bin").write_bytes(b"w")
+        (folder / "key.json").write_text("{}")
+
+    target = tmp_path / "probes" / "abc"
+    cache.publish_folder(target, write)
+    modes = {p.relative_to(target): stat.S_IMODE(p.stat().st_mode) for p in target.rglob("*")}
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755  # not mkdtemp's 0700
+    assert modes == {Path("sub"): 0o755, Path("sub/weights.bin"): 0o644, Path("key.json"): 0o644}
+
+
+def test_read_only_trace_cache_warns_and_the_run_finishes(tracking_uri, tmp_path, caplog):
+    # Tests run as root here, and root ignores permission bits: a chmod 0555 folder would still
+    # be written. Nobody, root included, can create a folder under a regular file, so
+    # traces.dir=<file>/traces is unwritable for every user.
+    afile = tmp_path / "afile"
+    afile.write_text("a file, not a folder")
+    cfg = _cfg(tracking_uri, tmp_path, "read_only_cache", f"traces.dir={afile / 'traces'}")
+    assert cfg.traces.dir == str(afile / "traces")
+    with caplog.at_level("WARNING", logger="adainfer.pipeline"):
+        metrics = pipeline.run(cfg)
+    assert "acc" in metrics
+    warned = [r.getMessage() for r in caplog.records if "is not writable" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert str(afile / "traces") in warned[0] and "traces.enabled=false" in warned[0]
+    runs = _runs(tracking_uri, "read_only_cache")
+    assert list(runs.status) == ["FINISHED"]
+    assert runs["tags.trace_store"].tolist() == ["read-only"]
+    assert runs["tags.llm_forward"].tolist() == ["computed"]
+
+
+def test_failed_trace_write_keeps_the_records(tiny_llama, encoded, tmp_path, caplog):
+    records = pipeline.evaluate(tiny_llama, SVMPolicy(), *encoded, batch_size=4).test
+    store = TraceStore(tmp_path / "traces")
+    # The write fails whoever runs it (as on a disk that filled up during the pass): a file
+    # stands where the store's folder should be.
+    (tmp_path / "traces").write_text("")
+    with caplog.at_level("WARNING", logger="adainfer.traces"):
+        got = store.get_or_compute(_key(encoded[1]), lambda: records)
+    assert got is records
+    assert "could not store trace" in caplog.text and str(tmp_path / "traces") in caplog.text

@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from adainfer.files import share
+
 _COMPLETE = ".complete"
 
 
@@ -44,11 +46,13 @@ def publish_folder(
     """Fill a folder with ``write(folder)`` under a temporary name beside ``target``, then
     rename it into place, so no reader sees it half-written; a crash leaves only the
     temporary folder's name. Unless ``keep(target)`` says the one there is to stay (another
-    process finished first), the new folder replaces it."""
+    process finished first), the new folder replaces it. What it publishes gets the modes the
+    umask allows (:func:`adainfer.files.share`), not ``mkdtemp``'s owner-only 0700."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         write(tmp)
+        share(tmp)
         if keep is None or not keep(target):
             shutil.rmtree(target, ignore_errors=True)  # e.g. a partial folder left by a crash
             os.replace(tmp, target)

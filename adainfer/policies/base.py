@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from abc import ABC, abstractmethod
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, ClassVar
 
 import numpy as np
@@ -94,7 +95,9 @@ class ExitPolicy(ABC):
             "first_layer": self.first_layer,
         }
         meta["model_file"] = self._save_model(folder)
-        (folder / "policy.json").write_text(json.dumps(meta, indent=2))
+        # Strict JSON: a threshold of +inf ("never exit") is written as the string "inf".
+        meta["params"] = {k: _json_number(v) for k, v in meta["params"].items()}
+        (folder / "policy.json").write_text(json.dumps(meta, indent=2, allow_nan=False))
 
     def _save_model(self, folder: Path) -> str | None:  # noqa: B027 - optional hook
         """Write the fitted model's file into ``folder``; return its name (None: no model)."""
@@ -102,6 +105,39 @@ class ExitPolicy(ABC):
 
     def _load_model(self, path: Path) -> None:  # noqa: B027 - optional hook
         """Read back what :meth:`_save_model` wrote."""
+
+
+def _json_number(value: Any) -> Any:
+    """A non-finite float as the string ``"inf"``, ``"-inf"`` or ``"nan"``; the rest as is."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _threshold(value: Any) -> Any:
+    """A saved threshold back as a float: ``"inf"`` (and, from older files, JSON's
+    ``Infinity``) is +inf."""
+    return float(value) if isinstance(value, str) else value
+
+
+def _model_path(folder: Path, name: object) -> Path:
+    """``folder / name`` for a model file named in policy.json: a plain file name only, so a
+    policy folder from another run can never make adainfer read a file outside it."""
+    if not isinstance(name, str) or not name or name in {".", ".."}:
+        bad = True
+    else:
+        pure = PurePath(name)
+        bad = pure.is_absolute() or len(pure.parts) != 1 or "\\" in name
+    path = Path(folder) / name if not bad else None
+    if path is not None and path.resolve().parent != Path(folder).resolve():
+        bad = True  # a symbolic link out of the folder
+    if bad:
+        raise AdaInferError(
+            f"{Path(folder) / 'policy.json'} names the model file {name!r}, which is not a "
+            "plain file name inside the policy folder; refusing to read outside it",
+            "only load policy folders written by adainfer's save(); re-save the policy",
+        )
+    return path
 
 
 def load_policy(folder: Path) -> ExitPolicy:
@@ -115,11 +151,14 @@ def load_policy(folder: Path) -> ExitPolicy:
         raise AdaInferError(
             f"unknown saved policy {meta['policy']!r}", f"known policies: {sorted(_REGISTRY)}"
         )
-    policy = cls(**meta["params"])
+    params = dict(meta["params"])
+    if "threshold" in params:
+        params["threshold"] = _threshold(params["threshold"])
+    policy = cls(**params)
     policy.num_layers = meta["num_layers"]
     policy.first_layer = int(meta.get("first_layer", 1))
     if meta["model_file"]:
-        policy._load_model(Path(folder) / meta["model_file"])
+        policy._load_model(_model_path(folder, meta["model_file"]))
     return policy
 
 

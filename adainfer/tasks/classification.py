@@ -8,11 +8,12 @@ pipeline can check that no two of them share a first token. Both splits are shuf
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from adainfer.errors import AdaInferError
 from adainfer.tasks.base import Example, Splits
 from adainfer.tasks.data import DataTask, sampled_splits
-from adainfer.tasks.hub import Source, load_rows
+from adainfer.tasks.hub import Source, load_rows, origin
 
 SST2_WORDS = ["negative", "positive"]
 AG_NEWS_WORDS = ["World", "Sports", "Business", "Sci/Tech"]
@@ -90,6 +91,12 @@ class _LabelWordsTask(DataTask):
     """A classification task whose answers are its ``label_words`` (one per class)."""
 
     label_words: list[str]
+    _sources: ClassVar[tuple[Source, Source]]  # train, test
+
+    def sources(self) -> tuple[str, str]:
+        """Where the train and test rows come from (for messages)."""
+        train, test = self._sources
+        return origin([train], self.data_dir, self.name), origin([test], self.data_dir, self.name)
 
     @property
     def labels(self) -> list[str]:
@@ -106,12 +113,13 @@ class SST2Task(_LabelWordsTask):
 
     name: str = "sst2"
     label_words: list[str] = field(default_factory=lambda: list(SST2_WORDS))
+    _sources = (SST2_TRAIN, SST2_TEST)
 
     def load(self) -> Splits:
         words = check_label_words(self.name, self.label_words, SST2_WORDS)
         train = [sst2_example(r, words) for r in load_rows(SST2_TRAIN, self.data_dir, self.name)]
         test = [sst2_example(r, words) for r in load_rows(SST2_TEST, self.data_dir, self.name)]
-        return sampled_splits(self, train, test)
+        return sampled_splits(self, train, test, self.sources())
 
 
 @dataclass
@@ -124,6 +132,7 @@ class AGNewsTask(_LabelWordsTask):
 
     name: str = "ag_news"
     label_words: list[str] = field(default_factory=lambda: list(AG_NEWS_WORDS))
+    _sources = (AG_NEWS_TRAIN, AG_NEWS_TEST)
 
     def load(self) -> Splits:
         words = check_label_words(self.name, self.label_words, AG_NEWS_WORDS)
@@ -131,4 +140,4 @@ class AGNewsTask(_LabelWordsTask):
         train = [ag_news_example(r, words) for r in rows]
         rows = load_rows(AG_NEWS_TEST, self.data_dir, self.name)
         test = [ag_news_example(r, words) for r in rows]
-        return sampled_splits(self, train, test)
+        return sampled_splits(self, train, test, self.sources())

@@ -56,16 +56,31 @@ def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
             "(see shared/data/SOURCES.md)",
         )
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise AdaInferError(
+                    f"{path}:{lineno}, byte {err.start + 1}: not UTF-8 text "
+                    f"({raw[err.start : err.start + 1]!r} {err.reason})",
+                    "re-save the file as UTF-8, or fix that line",
+                ) from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise AdaInferError(
-                    f"{path}:{lineno} is not valid JSON ({err.msg})", "fix or remove that line"
+                    f"{path}:{lineno}, column {err.colno}: not valid JSON ({err.msg})",
+                    "fix or remove that line",
                 ) from None
+            if not isinstance(row, dict):
+                raise AdaInferError(
+                    f"{path}:{lineno}: a JSON {type(row).__name__}, not an object with the "
+                    f"fields {list(required)}",
+                    "make each line one JSON object",
+                )
             missing = [key for key in required if key not in row]
             if missing:
                 raise AdaInferError(
@@ -76,20 +91,25 @@ def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
     return rows
 
 
-def sampled_splits(task: DataTask, train: list[Example], test: list[Example]) -> Splits:
+def sampled_splits(
+    task: DataTask,
+    train: list[Example],
+    test: list[Example],
+    sources: tuple[str | None, str | None] = (None, None),
+) -> Splits:
     """Both splits shuffled with ``task.split_seed``, capped at ``n_train`` / ``n_test``, with
     ``n_calibration`` held-out train instances after the train sample, and checked.
+    ``sources`` say where each split was read from (a file, a hub data set), for messages.
 
     Shuffling before the cap makes a cap a seeded random sample: the data files are ordered by
     subject (MMLU) or article (SQuAD), so their first rows would cover a single topic.
     """
     pool = shuffled_split(train, (), task.split_seed)[0]
     train_part, calibration = hold_out(task.name, pool, task.n_train, task.n_calibration)
-    splits = Splits(
-        train_part, cap(shuffled_split(test, (), task.split_seed)[0], task.n_test), calibration
-    )
-    check_examples(task.name, "train", splits.train)
-    check_examples(task.name, "test", splits.test)
+    test_part = cap(shuffled_split(test, (), task.split_seed)[0], task.n_test, task.name, "test")
+    splits = Splits(train_part, test_part, calibration)
+    check_examples(task.name, "train", splits.train, sources[0])
+    check_examples(task.name, "test", splits.test, sources[1])
     return splits
 
 

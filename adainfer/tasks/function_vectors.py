@@ -63,7 +63,8 @@ class FunctionVectorsTask(DataTask):
     def load(self) -> Splits:
         parts = self.load_all()
         train, calibration = hold_out(self.name, parts["train"], self.n_train, self.n_calibration)
-        splits = Splits(train, cap(parts["test"], self.n_test), calibration)
-        check_examples(self.name, "train", splits.train)
-        check_examples(self.name, "test", splits.test)
+        splits = Splits(train, cap(parts["test"], self.n_test, self.name, "test"), calibration)
+        source = str(self.path())
+        check_examples(self.name, "train", splits.train, source)
+        check_examples(self.name, "test", splits.test, source)
         return splits

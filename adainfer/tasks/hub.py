@@ -99,6 +99,23 @@ class Source:
     hub_split: str
 
 
+def origin(sources: list[Source], data_dir: str | None, task: str) -> str:
+    """Where the rows of ``sources`` come from, for messages: the local file(s), else the
+    hub data set(s)."""
+    if local_root(data_dir) is None:
+        named = [
+            f"hub data set {s.hub_id}"
+            + (f", config {s.hub_config!r}" if s.hub_config else "")
+            + f", split {s.hub_split!r}"
+            for s in sources
+        ]
+    else:
+        named = [str(resolve_data_dir(data_dir, s.subdir, task) / s.file) for s in sources]
+    if len(named) > 3:
+        return f"{', '.join(named[:2])} and {len(named) - 2} more"
+    return ", ".join(named)
+
+
 def load_rows(source: Source, data_dir: str | None, task: str) -> list[dict]:
     """The split's rows: local JSON Lines when a data folder is set, else the hub."""
     if local_root(data_dir) is None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from adainfer.errors import AdaInferError
 from adainfer.tasks.base import Example, Splits, shuffled_split
 from adainfer.tasks.data import DataTask, local_root, sampled_splits
-from adainfer.tasks.hub import Source, load_hub_split, load_rows
+from adainfer.tasks.hub import Source, load_rows, origin
 
 LETTERS = "ABCDE"
 
@@ -221,13 +221,12 @@ class MMLUTask(DataTask):
             )
         return chosen
 
-    def _rows(self, split: str, subjects: list[str]) -> list[dict]:
+    def _sources(self, split: str, subjects: list[str]) -> list[Source]:
         if self.subjects is None and local_root(self.data_dir) is None:
             # One hub config holds every subject: one download instead of 57.
-            return load_hub_split("cais/mmlu", "all", split, f"MMLU {split}", subdir="mmlu")
-        rows = []
-        for subject in subjects:
-            source = Source(
+            return [Source(f"MMLU {split}", "mmlu", "", _MC_FIELDS, "cais/mmlu", "all", split)]
+        return [
+            Source(
                 f"MMLU {subject} {split}",
                 "mmlu",
                 f"{split}/{subject}.jsonl",
@@ -236,6 +235,12 @@ class MMLUTask(DataTask):
                 subject,
                 split,
             )
+            for subject in subjects
+        ]
+
+    def _rows(self, split: str, subjects: list[str]) -> list[dict]:
+        rows = []
+        for source in self._sources(split, subjects):
             rows += load_rows(source, self.data_dir, self.name)
         return rows
 
@@ -243,7 +248,11 @@ class MMLUTask(DataTask):
         subjects = self.selected_subjects()
         train = [mmlu_example(r) for r in self._rows("dev", subjects)]
         test = [mmlu_example(r) for r in self._rows("test", subjects)]
-        return sampled_splits(self, train, test)
+        sources = tuple(
+            origin(self._sources(split, subjects), self.data_dir, self.name)
+            for split in ("dev", "test")
+        )
+        return sampled_splits(self, train, test, sources)
 
 
 @dataclass
@@ -263,7 +272,8 @@ class CommonsenseQATask(DataTask):
     def load(self) -> Splits:
         train = [csqa_example(r) for r in load_rows(CSQA_TRAIN, self.data_dir, self.name)]
         test = [csqa_example(r) for r in load_rows(CSQA_TEST, self.data_dir, self.name)]
-        return sampled_splits(self, train, test)
+        sources = tuple(origin([s], self.data_dir, self.name) for s in (CSQA_TRAIN, CSQA_TEST))
+        return sampled_splits(self, train, test, sources)
 
 
 @dataclass
@@ -288,6 +298,7 @@ class SquadTask(DataTask):
         if local_root(self.data_dir) is None:
             train = [squad_example(r) for r in load_rows(SQUAD_TRAIN, None, self.name)]
             test = [squad_example(r) for r in load_rows(SQUAD_TEST, None, self.name)]
+            sources = tuple(origin([s], None, self.name) for s in (SQUAD_TRAIN, SQUAD_TEST))
         else:
             if not 0 < self.train_fraction < 1:
                 raise AdaInferError(
@@ -298,4 +309,5 @@ class SquadTask(DataTask):
             rows = load_rows(SQUAD_TEST, self.data_dir, self.name)
             examples = [squad_example(r) for r in rows]
             train, test = shuffled_split(examples, (self.train_fraction,), self.split_seed)
-        return sampled_splits(self, train, test)
+            sources = (origin([SQUAD_TEST], self.data_dir, self.name),) * 2
+        return sampled_splits(self, train, test, sources)

@@ -100,7 +100,8 @@ class RuleTask:
         examples = rule_examples(self.rule, list(self.sequences))
         pool, test = shuffled_split(examples, (self.train_fraction,), self.split_seed)
         train, calibration = hold_out(self.name, pool, self.n_train, self.n_calibration)
-        splits = Splits(train, cap(test, self.n_test), calibration)
-        check_examples(self.name, "train", splits.train)
-        check_examples(self.name, "test", splits.test)
+        splits = Splits(train, cap(test, self.n_test, self.name, "test"), calibration)
+        source = f"sequences {list(self.sequences)} under rule {self.rule!r}, generated in code"
+        check_examples(self.name, "train", splits.train, source)
+        check_examples(self.name, "test", splits.test, source)
         return splits
