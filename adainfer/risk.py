@@ -76,7 +76,12 @@ class Calibration:
     certified: bool  # whether any finite threshold was certified
 
     def metrics(self) -> dict[str, float]:
-        return {f"risk_{k}": float(v) for k, v in asdict(self).items()}
+        """The fields as ``risk_*`` metrics. An infinite threshold (nothing certified) is left
+        out: MLflow would store it as 1.8e308; ``risk_certified=0`` says what happened."""
+        values = {f"risk_{k}": float(v) for k, v in asdict(self).items()}
+        if not math.isfinite(self.threshold):
+            del values["risk_threshold"]
+        return values
 
 
 def losses(records: LayerRecords, exit_layer: np.ndarray) -> np.ndarray:

@@ -72,6 +72,8 @@ def test_too_few_calibration_instances_certify_nothing():
     chosen = calibrate(policy, population(500), population(100, seed=4), RiskLimit(0.01))
     assert not chosen.certified and policy.threshold == np.inf and policy.never_stops()
     assert chosen.cal_drop == 0.0
+    # MLflow would clamp +inf to 1.8e308: nothing certified logs no threshold at all
+    assert "risk_threshold" not in chosen.metrics() and chosen.metrics()["risk_certified"] == 0
 
 
 @pytest.mark.parametrize(
