@@ -37,6 +37,7 @@ from adainfer.evaluate import (
     layer_agreement,
 )
 from adainfer.features import FEATURE_SETS, LayerRecords
+from adainfer.interrupts import Interrupted, ending_on_signals
 from adainfer.models import cache
 from adainfer.models.loading import LoadedModel
 from adainfer.policies.base import ExitPolicy, earliest_settled
@@ -352,6 +353,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                     "hold out train instances for it: task.n_calibration=500 (with task.n_train)",
                 )
     fit_splits = {t.name: t.load() for t in fit_tasks.values()}
+    tracking.open_store(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, cfg.mlflow.stale_after_s)
     loaded = model_spec.load()
     fit_loaded = fit_spec.load() if fit_spec else loaded
 
@@ -487,9 +489,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 def main(cfg: DictConfig) -> dict[str, float]:
-    """``run`` with user errors turned into one clear message and exit status 2."""
+    """``run`` with user errors turned into one clear message and exit status 2, and SIGTERM /
+    SIGINT into runs closed as KILLED and exit status 128 + signum (:mod:`adainfer.interrupts`)."""
     try:
-        return run(cfg)
+        with ending_on_signals():
+            return run(cfg)
     except AdaInferError as err:
         print(f"adainfer: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as err:
+        print(
+            f"adainfer: stopped by {err.reason} (an open MLflow run is closed as KILLED)",
+            file=sys.stderr,
+        )
+        sys.exit(err.exit_status)
