@@ -22,8 +22,9 @@ from test_cli import run_py
 
 from adainfer import tracking
 
-# A tiny model whose LLM pass over 400 sst2 prompts takes tens of seconds on a small CPU.
-BUSY = ["model=tiny_llama", "task=sst2", "task.n_train=400", "task.n_test=200", "shots=5"]
+# A tiny model whose LLM pass over 800 sst2 prompts takes a minute on a small CPU: the job is
+# interrupted 2 s into it.
+BUSY = ["model=tiny_llama", "task=sst2", "task.n_train=800", "task.n_test=20", "shots=5"]
 QUICK = ["model=tiny_llama", "task.n_train=8", "task.n_test=4", "shots=0"]
 
 
@@ -110,7 +111,7 @@ def test_signal_mid_llm_pass_ends_the_job_and_closes_the_run(signum, status, tmp
     found = runs(tmp_path, experiment)
     assert found.status.tolist() == ["KILLED"]
     assert found["tags.adainfer.end_reason"].tolist() == [signal.Signals(signum).name]
-    assert not list(traces.glob("*.parquet")), "a partial trace was published"
+    assert not traces.exists() or not any(traces.iterdir()), "a partial trace was written"
 
 
 def test_run_of_a_killed_process_is_closed_by_the_next_job(tmp_path):
@@ -162,7 +163,7 @@ def test_runs_left_running_are_closed_only_when_dead(tmp_path):
 
 
 def test_two_jobs_creating_one_store_both_finish(tmp_path):
-    """Before the store was created under a lock, one attempt was enough: 2 of 2 failed."""
+    """Before the store was created under a lock, one attempt was enough: 3 of 3 failed."""
     jobs = [start_job([*QUICK, f"seed={i}"], tmp_path, name=f"job{i}") for i in range(2)]
     codes = [job.wait(timeout=600) for job in jobs]
     errors = [(tmp_path / f"job{i}.err").read_text()[-2000:] for i in range(2)]
