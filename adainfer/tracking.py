@@ -86,9 +86,9 @@ def _check_sqlite(path: Path) -> None:
 
 def _check_server(uri: str) -> None:
     """A tracking server answers ``/health`` within seconds (MLflow's own client would retry
-    for minutes first)."""
+    for minutes first). Any HTTP answer counts: a proxy may want credentials MLflow has."""
     try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=CHECK_TIMEOUT_S).raise_for_status()
+        requests.get(f"{uri.rstrip('/')}/health", timeout=CHECK_TIMEOUT_S)
     except requests.RequestException as err:
         raise AdaInferError(
             f"the MLflow tracking server at {uri} did not answer ({type(err).__name__})",
