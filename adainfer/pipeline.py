@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from adainfer.evaluate import (
     layer_agreement,
 )
 from adainfer.features import LayerRecords
+from adainfer.interrupts import Interrupted, ending_on_signals
 from adainfer.job import JobInputs, build, load_inputs
 from adainfer.models import cache
 from adainfer.models.loading import LoadedModel
@@ -332,6 +334,7 @@ def run(cfg: DictConfig, inputs: JobInputs | None = None) -> dict[str, float]:
     limit = RiskLimit(cfg.risk.epsilon, cfg.risk.delta) if cfg.risk.epsilon is not None else None
     fit_spec = build(cfg.fit.model, "fit.model") if cfg.fit.model else None
 
+    tracking.open_store(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, cfg.mlflow.stale_after_s)
     loaded = model_spec.load()
     fit_loaded = fit_spec.load() if fit_spec else loaded
 
@@ -473,8 +476,16 @@ def run(cfg: DictConfig, inputs: JobInputs | None = None) -> dict[str, float]:
 
 
 def main(cfg: DictConfig, inputs: JobInputs | None = None) -> dict[str, float]:
-    """``run`` with user errors turned into one clear message and exit status 2."""
+    """``run`` with user errors turned into one clear message and exit status 2, and SIGTERM /
+    SIGINT into runs closed as KILLED and exit status 128 + signum (:mod:`adainfer.interrupts`)."""
     try:
-        return run(cfg, inputs)
+        with ending_on_signals():
+            return run(cfg, inputs)
     except AdaInferError as err:
         fail(err)
+    except Interrupted as err:
+        print(
+            f"adainfer: stopped by {err.reason} (an open MLflow run is closed as KILLED)",
+            file=sys.stderr,
+        )
+        sys.exit(err.exit_status)

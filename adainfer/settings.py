@@ -85,6 +85,7 @@ RUN: dict[str, Rule] = {
     ),
     "trainer.devices": Rule(_devices, "a whole number >= 1, a list of ids or auto", "1"),
     "mlflow.experiment": Rule(lambda v: isinstance(v, str) and bool(v.strip()), "a name", "x"),
+    "mlflow.stale_after_s": Rule(_number(0, open_low=True), "a number of seconds > 0", "600"),
     "traces.enabled": Rule(_flag, "true or false", "false"),
     "risk.epsilon": Rule(_number(0, 1, open_low=True), "a fraction in (0, 1)", "0.01", True),
     "risk.delta": Rule(_number(0, 1, open_low=True), "a probability in (0, 1)", "0.1"),

@@ -2,12 +2,32 @@
 
 The tracking store is MLflow's own default (``sqlite:///mlflow.db`` in the working directory,
 browsable with ``mlflow ui``); ``MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri=`` override it.
-A run that fails is closed as FAILED by MLflow's context manager, never left RUNNING.
+
+Nothing is left RUNNING:
+
+- :func:`open_store` is called before the model loads. It checks the store in seconds (a sqlite
+  file that cannot be written, a server that does not answer its ``/health``), creates a new
+  sqlite store under a lock on its folder (MLflow's table creation is not safe for two processes
+  at once) and retries a failed open a few times.
+- A run ends FINISHED, FAILED on an exception, or KILLED when a signal ended the job
+  (:mod:`adainfer.interrupts`), with the tag ``adainfer.end_reason`` saying why.
+- A process that dies without a word (kill -9, a lost node) cannot close its run. Each run
+  therefore carries the tags ``adainfer.host``, ``adainfer.pid`` and ``adainfer.pid_started`` (the
+  process start time, so a reused pid is not mistaken for the job) and a daemon thread refreshes
+  ``adainfer.heartbeat`` (unix seconds) every :data:`HEARTBEAT_S`. When a job opens an experiment,
+  every RUNNING run of it whose process is gone (same host) or whose heartbeat is older than
+  ``stale_after_s`` (other hosts) is closed as KILLED with the reason in ``adainfer.end_reason``.
+  Runs without these tags (from elsewhere) are left alone.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import random
+import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,10 +35,200 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import psutil
+import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from adainfer.errors import AdaInferError
+from adainfer.interrupts import Interrupted
+
+log = logging.getLogger(__name__)
+
+HOST, PID, PID_STARTED = "adainfer.host", "adainfer.pid", "adainfer.pid_started"
+HEARTBEAT, END_REASON = "adainfer.heartbeat", "adainfer.end_reason"
+HEARTBEAT_S = 30.0  # how often a running job refreshes its heartbeat tag
+STALE_AFTER_S = 600.0  # a run on another host with an older heartbeat is dead
+OPEN_ATTEMPTS = 4  # tries to open a store (two jobs creating a fresh sqlite file race)
+CHECK_TIMEOUT_S = 5.0  # for a tracking server's /health
+
+
+def _fix() -> str:
+    return "set mlflow.tracking_uri=... (or MLFLOW_TRACKING_URI) to a store you can write to"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def _check_sqlite(path: Path) -> None:
+    """A sqlite store needs its file and folder writable (journal files). MLflow creates missing
+    folders, so the nearest existing one must be writable."""
+    folder = path.parent.resolve()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        problem = f"{folder} is not a folder"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        problem = f"folder {folder} is not writable"
+    elif path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        problem = "the file is not writable"
+    else:
+        return
+    raise AdaInferError(
+        f"the MLflow sqlite store {path} cannot be created or written: {problem}",
+        f"make the folder writable, or {_fix()}",
+    )
+
+
+def _check_server(uri: str) -> None:
+    """A tracking server answers ``/health`` within seconds (MLflow's own client would retry
+    for minutes first). Any HTTP answer counts: a proxy may want credentials MLflow has."""
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=CHECK_TIMEOUT_S)
+    except requests.RequestException as err:
+        raise AdaInferError(
+            f"the MLflow tracking server at {uri} did not answer ({type(err).__name__})",
+            "start it (mlflow server --backend-store-uri ... --port ...) or point "
+            "MLFLOW_TRACKING_URI / mlflow.tracking_uri at the right address",
+        ) from None
+
+
+@contextmanager
+def _folder_lock(path: Path | None) -> Iterator[None]:
+    """An exclusive lock on the sqlite file's folder: one process creates the tables at a
+    time. Nothing is left behind; where ``fcntl`` is missing, the retries remain."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        fcntl = None
+    if path is None or fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)  # as MLflow would
+    fd = os.open(path.parent.resolve(), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def open_store(
+    tracking_uri: str | None, experiment: str, stale_after_s: float = STALE_AFTER_S
+) -> str:
+    """Point MLflow at the store, check it, set ``experiment`` (created if new) and close its
+    runs whose process died (see the module docstring). Returns the experiment id. A store that
+    cannot be used is an :class:`AdaInferError` within seconds, so call this before loading
+    anything expensive."""
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    uri = mlflow.get_tracking_uri()
+    sqlite = _sqlite_path(uri)
+    if sqlite is not None:
+        _check_sqlite(sqlite)
+    elif uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    for attempt in range(1, OPEN_ATTEMPTS + 1):
+        try:
+            with _folder_lock(sqlite):
+                experiment_id = mlflow.set_experiment(experiment).experiment_id
+            break
+        except Exception as err:  # noqa: BLE001 - any store failure is the same user problem
+            if attempt == OPEN_ATTEMPTS:
+                raise AdaInferError(
+                    f"cannot open the MLflow tracking store {uri!r}: {err}", _fix()
+                ) from None
+            log.warning("opening the MLflow store failed (%s); trying again", err)
+            time.sleep(random.uniform(0.2, 1.5))
+    close_dead_runs(experiment_id, stale_after_s)
+    return experiment_id
+
+
+def _own_tags() -> dict[str, str]:
+    return {
+        HOST: socket.gethostname(),
+        PID: str(os.getpid()),
+        PID_STARTED: f"{psutil.Process().create_time():.2f}",
+        HEARTBEAT: f"{time.time():.0f}",
+    }
+
+
+def why_dead(tags: dict[str, str], stale_after_s: float = STALE_AFTER_S) -> str | None:
+    """Why the run with these tags cannot be running any more, or None if it may be."""
+    if not {HOST, PID, PID_STARTED, HEARTBEAT} <= tags.keys():
+        return None  # not started by this code: no way to tell
+    host, pid = tags[HOST], int(tags[PID])
+    if host == socket.gethostname():
+        try:
+            started = psutil.Process(pid).create_time()
+        except psutil.NoSuchProcess:
+            return f"process {pid} on {host} is gone"
+        except psutil.Error:
+            return None  # exists, not ours to inspect
+        if abs(started - float(tags[PID_STARTED])) > 1.0:
+            return f"process {pid} on {host} is gone (the pid now belongs to another process)"
+        return None
+    age = time.time() - float(tags[HEARTBEAT])
+    if age > stale_after_s:
+        return f"no heartbeat from {host} for {age:.0f} s (stale after {stale_after_s:.0f} s)"
+    return None
+
+
+def close_dead_runs(experiment_id: str, stale_after_s: float = STALE_AFTER_S) -> list[str]:
+    """Close the RUNNING runs of the experiment whose job died as KILLED, at their last
+    heartbeat, with the reason in ``adainfer.end_reason``. Returns their ids."""
+    client = MlflowClient()
+    closed, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id], "attributes.status = 'RUNNING'", page_token=token
+        )
+        for run in page:
+            reason = why_dead(run.data.tags, stale_after_s)
+            if reason is None:
+                continue
+            client.set_tag(run.info.run_id, END_REASON, reason)
+            last_beat = int(float(run.data.tags[HEARTBEAT]) * 1000)
+            client.set_terminated(run.info.run_id, "KILLED", end_time=last_beat)
+            log.warning(
+                "MLflow run %s was left RUNNING: %s; closed as KILLED", run.info.run_id, reason
+            )
+            closed.append(run.info.run_id)
+        token = page.token
+        if not token:
+            return closed
+
+
+class _Heartbeat:
+    """A daemon thread refreshing the run's heartbeat tag until stopped."""
+
+    def __init__(self, run_id: str, every_s: float = HEARTBEAT_S) -> None:
+        self.run_id, self.every_s = run_id, every_s
+        self.client = MlflowClient()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="adainfer-heartbeat", daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
+        while not self.done.wait(self.every_s):
+            try:
+                self.client.set_tag(self.run_id, HEARTBEAT, f"{time.time():.0f}")
+            except Exception as err:  # noqa: BLE001 - a missed beat is not worth failing the job
+                log.debug("heartbeat of run %s failed: %s", self.run_id, err)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=10)
+
+
+def _end(status: str, reason: str | None = None) -> None:
+    if reason is not None:
+        mlflow.set_tag(END_REASON, reason)
+    mlflow.end_run(status)
 
 
 @contextmanager
@@ -30,19 +240,32 @@ def tracked_run(
     tracking_uri: str | None = None,
     nested: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
-    """Start a run (closed FINISHED on success, FAILED on an exception) with its params."""
+    """Start a run with its params and liveness tags; it ends FINISHED on success, KILLED when
+    a signal ended the job (:class:`~adainfer.interrupts.Interrupted`), FAILED on any other
+    exception."""
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     try:
         mlflow.set_experiment(experiment)
     except Exception as err:  # noqa: BLE001 - any store failure is the same user problem
         raise AdaInferError(
-            f"cannot open the MLflow tracking store {mlflow.get_tracking_uri()!r}: {err}",
-            "check MLFLOW_TRACKING_URI / mlflow.tracking_uri (a server must be running)",
+            f"cannot open the MLflow tracking store {mlflow.get_tracking_uri()!r}: {err}", _fix()
         ) from None
-    with mlflow.start_run(run_name=run_name, tags=tags, nested=nested) as run:
+    run = mlflow.start_run(run_name=run_name, tags=(tags or {}) | _own_tags(), nested=nested)
+    heartbeat = _Heartbeat(run.info.run_id)
+    try:
         mlflow.log_params(params)
         yield run
+    except Interrupted as err:
+        heartbeat.stop()
+        _end("KILLED", err.reason)
+        raise
+    except BaseException as err:
+        heartbeat.stop()
+        _end("FAILED", type(err).__name__)
+        raise
+    heartbeat.stop()
+    _end("FINISHED")
 
 
 def log_metrics(metrics: dict[str, float]) -> None:
