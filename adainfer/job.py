@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from adainfer.errors import AdaInferError
 from adainfer.policies import ExitPolicy
+from adainfer.policies.base import check_online
 from adainfer.risk import check_calibratable
 from adainfer.settings import FEATURE_SETS, require_valid
 from adainfer.tasks.base import Splits, Task
@@ -53,6 +54,8 @@ def load_inputs(cfg: DictConfig) -> JobInputs:
     mistake."""
     require_valid(cfg)
     policy = build(cfg.classifier, "classifier", features=FEATURE_SETS[cfg.feature_set])
+    if cfg.engine:
+        check_online(policy)
     if cfg.risk.epsilon is not None:
         check_calibratable(policy)
     task = build(cfg.task, "task")

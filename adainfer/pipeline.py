@@ -25,7 +25,6 @@ from omegaconf import DictConfig, OmegaConf
 from adainfer import costs, tracking
 from adainfer.cli import fail
 from adainfer.encoding import EncodedPrompts, check_label_tokens, encode_prompts
-from adainfer.engine import check_online
 from adainfer.errors import AdaInferError
 from adainfer.evaluate import (
     ExitResult,
@@ -329,8 +328,6 @@ def run(cfg: DictConfig, inputs: JobInputs | None = None) -> dict[str, float]:
     fit_tasks, fit_splits = inputs.fit_tasks, inputs.fit_splits
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model_spec = build(cfg.model, "model")
-    if cfg.engine:
-        check_online(policy)
     limit = RiskLimit(cfg.risk.epsilon, cfg.risk.delta) if cfg.risk.epsilon is not None else None
     fit_spec = build(cfg.fit.model, "fit.model") if cfg.fit.model else None
 

@@ -17,14 +17,8 @@ import numpy as np
 from adainfer.errors import AdaInferError
 from adainfer.features import LayerRecords
 from adainfer.policies import ExitPolicy
+from adainfer.policies.base import check_online
 from adainfer.policies.svm import SklearnPolicy
-
-_WHY_NOT = {
-    "crf": "the CRF labels the whole layer sequence at once (Viterbi, or marginals that read "
-    "the layers after l)",
-    "oracle_gold": "the oracle looks at the gold answer",
-    "oracle_consistent": "the oracle compares every layer with the last one",
-}
 
 
 class FixedExit(ExitPolicy):
@@ -57,21 +51,8 @@ class FixedExit(ExitPolicy):
 
 
 def is_online(policy: ExitPolicy) -> bool:
-    """True when the policy's decision at layer l reads only what exists after layer l
-    (its ``causal`` flag) and it does not look at the answer (``deployable``)."""
-    return policy.causal and policy.deployable
-
-
-def check_online(policy: ExitPolicy) -> None:
-    """Refuse, with the reason and the fix, a policy that cannot decide layer by layer."""
-    if not is_online(policy):
-        why = _WHY_NOT.get(policy.name, "its decision at layer l depends on later layers")
-        raise AdaInferError(
-            f"policy {policy.name!r} cannot run in the early-exit engine: {why}, and the "
-            "engine has not computed those when it must decide",
-            "use a per-layer policy: svm, logreg, gap, never or adainfer.engine.FixedExit; "
-            f"{policy.name!r} can still be evaluated on layer traces (adainfer.evaluate)",
-        )
+    """Whether the engine can run ``policy`` (:attr:`ExitPolicy.online`)."""
+    return policy.online
 
 
 def check_policy(policy: ExitPolicy, num_layers: int) -> None:

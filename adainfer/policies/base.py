@@ -41,6 +41,14 @@ class ExitPolicy(ABC):
     # True when the decision at layer l reads layer l's features only, so the early-exit
     # engine (adainfer.engine) can run the policy online; False for sequence models (CRF).
     causal: ClassVar[bool] = False
+    # Why the engine cannot run it, when it cannot (said by check_online).
+    not_online_because: ClassVar[str] = "its decision at layer l depends on later layers"
+
+    @property
+    def online(self) -> bool:
+        """True when the decision at layer l reads only what exists after layer l (``causal``)
+        and does not look at the answer (``deployable``): the engine can run it."""
+        return self.causal and self.deployable
 
     def __init__(self, features: tuple[str, ...] = FEATURES, threshold: float | None = None):
         self.features = tuple(features)
@@ -197,3 +205,15 @@ def earliest_settled(records: LayerRecords, share: float = 0.05) -> int:
     settled = np.flip(np.logical_and.accumulate(np.flip(same, axis=1), axis=1), axis=1)
     exits = first_exit(settled)
     return int(np.clip(np.floor(np.quantile(exits, share)), 1, records.num_layers))
+
+
+def check_online(policy: ExitPolicy) -> None:
+    """Refuse, with the reason and the fix, a policy that cannot decide layer by layer."""
+    if not policy.online:
+        raise AdaInferError(
+            f"policy {policy.name!r} cannot run in the early-exit engine: "
+            f"{policy.not_online_because}, and the engine has not computed those when it must "
+            "decide",
+            "use a per-layer policy: svm, logreg, gap, never or adainfer.engine.FixedExit; "
+            f"{policy.name!r} can still be evaluated on layer traces (adainfer.evaluate)",
+        )

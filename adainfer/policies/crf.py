@@ -29,6 +29,10 @@ def _sequences(records: LayerRecords, names: tuple[str, ...]) -> list[list[dict[
 
 class CRFPolicy(ExitPolicy):
     name = "crf"
+    not_online_because = (
+        "the CRF labels the whole layer sequence at once (Viterbi, or marginals that read the "
+        "layers after l)"
+    )
     default_threshold = 0.5
 
     def __init__(

@@ -14,6 +14,7 @@ class OracleGold(ExitPolicy):
 
     name = "oracle_gold"
     deployable = False
+    not_online_because = "the oracle looks at the gold answer"
 
     def scores(self, records: LayerRecords) -> np.ndarray:
         return records.labels.astype(np.float64)
@@ -25,6 +26,7 @@ class OracleConsistent(ExitPolicy):
 
     name = "oracle_consistent"
     deployable = False
+    not_online_because = "the oracle compares every layer with the last one"
 
     def scores(self, records: LayerRecords) -> np.ndarray:
         same = records.argmax == records.argmax[:, -1:]
