@@ -117,6 +117,7 @@ class HubModelSchema(_Model):
 
     repo_id: Any = MISSING
     revision: Any = MISSING
+    model_type: Any = MISSING
     path: Any = MISSING
     dtype: Any = MISSING
     device_map: Any = MISSING
