@@ -11,17 +11,34 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from adainfer import schema  # noqa: F401 - registers the config schemas with Hydra
 from adainfer.errors import AdaInferError
 
 _jobs_started = 0  # Hydra composed a config and handed it to main()
+GROUPS = ("model", "task", "classifier", "probe")  # what conf/config.yaml chooses
 
 
 def fail(err: AdaInferError) -> None:
     """Print ``err`` as adainfer's one-message error and exit with status 2."""
     print(f"adainfer: error: {err}", file=sys.stderr)
     sys.exit(2)
+
+
+def check_added_groups(overrides: list[str]) -> None:
+    """``+classifier=svm`` appends a second classifier to a config that chooses one already.
+    Hydra refuses that for another option ("Multiple values for classifier") but lets it pass
+    for the same one when the option has a defaults list (each option names its schema)."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.startswith("+") and not key.startswith("++") and key[1:] in GROUPS:
+            group = key[1:]
+            raise AdaInferError(
+                f"{override} adds a second {group}: conf/config.yaml chooses one already",
+                f"override it instead: {group}={value}",
+            )
 
 
 def main(cfg: DictConfig) -> dict[str, float]:
@@ -31,6 +48,8 @@ def main(cfg: DictConfig) -> dict[str, float]:
     from adainfer.job import load_inputs
 
     try:
+        if HydraConfig.initialized():
+            check_added_groups(list(HydraConfig.get().overrides.task))
         inputs = load_inputs(cfg)
     except AdaInferError as err:
         fail(err)

@@ -2,7 +2,8 @@
 
 ``check_settings(cfg)`` looks at every size, count, flag and name of a composed job config and
 returns one line per mistake, each naming the key, the value it got, what it takes and an
-example. It imports nothing beyond the standard library and OmegaConf, so ``run.py`` answers a
+example; a key that its node's schema (``adainfer.schema``) does not have comes first. It imports
+nothing beyond the standard library, Hydra's ConfigStore and OmegaConf, so ``run.py`` answers a
 bad config in about a second, before torch, transformers, Lightning or MLflow are imported.
 The names of feature sets and probes live here for the same reason.
 """
@@ -16,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from adainfer.errors import AdaInferError
+from adainfer.schema import unknown_keys
 
 FEATURES = ("gap", "top_prob")
 RECORDED = ("gap", "top_prob", "cos_attn", "cos_mlp", "cos_hidden")
@@ -159,8 +161,9 @@ def _plain(cfg: DictConfig) -> dict:
 
 def check_settings(cfg: DictConfig) -> list[str]:
     """One line per bad value in ``cfg`` (empty when every checked key is fine)."""
+    problems = unknown_keys(cfg)
     plain = _plain(cfg)
-    problems = list(_problems(plain, RUN, ""))
+    problems += _problems(plain, RUN, "")
     tasks = {"task.": plain.get("task") or {}}
     tasks |= {
         f"fit.tasks.{k}.": node for k, node in ((plain.get("fit") or {}).get("tasks") or {}).items()

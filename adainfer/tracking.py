@@ -51,6 +51,9 @@ HEARTBEAT_S = 30.0  # how often a running job refreshes its heartbeat tag
 STALE_AFTER_S = 600.0  # a run on another host with an older heartbeat is dead
 OPEN_ATTEMPTS = 4  # tries to open a store (two jobs creating a fresh sqlite file race)
 CHECK_TIMEOUT_S = 5.0  # for a tracking server's /health
+# The MLflow 3 UI opens an experiment of this kind on its runs table ("Model training"), not on
+# the GenAI traces overview.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def _fix() -> str:
@@ -135,7 +138,12 @@ def open_store(
     for attempt in range(1, OPEN_ATTEMPTS + 1):
         try:
             with _folder_lock(sqlite):
-                experiment_id = mlflow.set_experiment(experiment).experiment_id
+                opened = mlflow.set_experiment(experiment)
+                if EXPERIMENT_KIND not in opened.tags:  # a kind set by hand is kept
+                    mlflow.MlflowClient().set_experiment_tag(
+                        opened.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING
+                    )
+                experiment_id = opened.experiment_id
             break
         except Exception as err:  # noqa: BLE001 - any store failure is the same user problem
             if attempt == OPEN_ATTEMPTS:

@@ -11,7 +11,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from adainfer import pipeline
+from adainfer import pipeline, schema  # noqa: F401 - schema registers the config schemas
 
 REPO = Path(__file__).resolve().parents[1]
 

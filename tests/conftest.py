@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from adainfer import schema  # noqa: F401 - registers the config schemas with Hydra
 from adainfer.models import PackagedGGUFModel, TinyRandomModel
 
 REPO = Path(__file__).resolve().parents[1]

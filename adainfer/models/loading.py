@@ -162,13 +162,36 @@ class PackagedGGUFModel:
         return LoadedModel(self.name, tokenizer, config, identity, weights, self.dtype)
 
 
+SMALL_FILE = 16 * 2**20  # bytes: files up to this size are hashed; larger ones by name and size
+
+
+def folder_identity(folder: str | Path) -> str:
+    """What a local model folder holds, as a short hash: the content of its small files
+    (config.json, tokenizer, index) and the names and sizes of the large ones (weights). A folder
+    refreshed with other weights or another config gets another identity, so layer traces and
+    tuned lenses recorded from the old one are not reused. Hidden entries (``.cache/`` of
+    ``hf download --local-dir``) are left out."""
+    root = Path(folder).resolve()
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        size = path.stat().st_size
+        digest.update(f"{relative.as_posix()}\0{size}\0".encode())
+        if size <= SMALL_FILE:
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return f"path:{root}:sha256={digest.hexdigest()[:20]}"
+
+
 @dataclass
 class HubModel:
     """A checkpoint from the Hugging Face hub (the paper's Llama 2 / OPT models).
 
     ``path`` points at a local copy instead (a folder written by ``save_pretrained`` or a
-    ``huggingface-cli download``). ``device_map`` is handed to accelerate for models that do
-    not fit on one device.
+    ``huggingface-cli download``); its identity is what it holds (:func:`folder_identity`), and
+    its ``model_type`` must be this config's (a Llama-2 config on an OPT folder is refused).
+    ``device_map`` is handed to accelerate for models that do not fit on one device.
     """
 
     name: str
@@ -177,6 +200,18 @@ class HubModel:
     path: str | None = None
     dtype: str = "bfloat16"
     device_map: str | None = None
+    model_type: str | None = None  # the family (config.json's model_type); None: not checked
+
+    def _check_family(self, found: str) -> None:
+        if self.model_type is None or found == self.model_type:
+            return
+        source = f"model.path={self.path}" if self.path else f"{self.repo_id}@{self.revision}"
+        raise AdaInferError(
+            f"model {self.name!r} is a {self.model_type} model, but {source} holds a "
+            f"{found!r} model (its config.json's model_type)",
+            f"pass a model config of the {found} family with that model.path, or point "
+            f"model.path at a {self.model_type} checkpoint such as {self.repo_id}",
+        )
 
     def _unreachable(self, err: OSError) -> AdaInferError:
         source = self.path or self.repo_id
@@ -194,10 +229,12 @@ class HubModel:
         source = self.path or self.repo_id
         try:
             config = AutoConfig.from_pretrained(source, revision=self.revision)
+            self._check_family(config.model_type)
             tokenizer = AutoTokenizer.from_pretrained(source, revision=self.revision)
         except OSError as err:
             raise self._unreachable(err) from None
-        identity = f"hub:{self.repo_id}@{self.revision}" if not self.path else f"path:{source}"
+        hub = f"hub:{self.repo_id}@{self.revision}"
+        identity = folder_identity(self.path) if self.path else hub
         dtype = _dtype(self.dtype)
 
         def weights():

@@ -1,0 +1,93 @@
+"""Structured configs: every shipped option composes to what it did before the schemas, and a
+mistyped key fails while Hydra composes, before any run opens."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import CONF, REPO, compose_cfg
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from test_cli import run_py
+
+from adainfer.settings import check_settings
+
+SNAPSHOT = REPO / "tests" / "data" / "composed_configs.json"
+OPTIONS = [
+    f"{group}={path.stem}"
+    for group in ("model", "task", "classifier", "probe")
+    for path in sorted((CONF / group).glob("*.yaml"))
+    if not path.stem.startswith("_")
+]
+
+
+# What changed on purpose since the snapshot: svm and crf show the threshold every policy takes
+# (null = the policy's own rule, as before), so classifier.threshold=... needs no "+"; hub models
+# name their family (model_type), checked against a model.path folder.
+THRESHOLD_SHOWN = ("adainfer.policies.SVMPolicy", "adainfer.policies.CRFPolicy")
+FAMILY = {"llama2_7b": "llama", "llama2_13b": "llama", "llama2_70b": "llama", "opt_13b": "opt"}
+
+
+def composed(override: str) -> dict:
+    return OmegaConf.to_container(compose_cfg([override]), resolve=False)
+
+
+def test_every_option_is_in_the_snapshot():
+    assert sorted(json.loads(SNAPSHOT.read_text())) == sorted(OPTIONS)
+
+
+@pytest.mark.parametrize("override", OPTIONS)
+def test_each_option_composes_as_before_the_schemas(override):
+    """tests/data/composed_configs.json was composed on the code before the schemas existed."""
+    expected = json.loads(SNAPSHOT.read_text())[override]
+    if expected["classifier"]["_target_"] in THRESHOLD_SHOWN:
+        expected["classifier"]["threshold"] = None
+    if expected["model"]["name"] in FAMILY:
+        expected["model"]["model_type"] = FAMILY[expected["model"]["name"]]
+    assert composed(override) == expected
+
+
+ADDED = [
+    ("+classifier.treshold=0.5", "unknown key classifier.treshold: classifier takes"),
+    ("classifier=gap +classifier.treshold=0.5", "(did you mean classifier.threshold?)"),
+    ("+task.n_trian=5", "unknown key task.n_trian"),
+    ("+shotz=1", "unknown key shotz: the job config takes"),
+    ("+trainer.acelerator=cpu", "(did you mean trainer.accelerator?)"),
+    (
+        "task=qa +task.tasks.squad.train_fration=0.3",
+        "did you mean task.tasks.squad.train_fraction?",
+    ),
+    (
+        "+task@fit.tasks.x=sst2 +fit.tasks.x.lable_words=[a,b]",
+        "unknown key fit.tasks.x.lable_words",
+    ),
+    ("model=tiny_llama +model.tokenizer.fle=x", "did you mean model.tokenizer.file?"),
+    ("probe=tuned +probe.rigde=1", "did you mean probe.ridge?"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), ADDED, ids=[a[0] for a in ADDED])
+def test_a_key_added_with_plus_that_no_schema_has_is_a_mistake(overrides, message):
+    problems = check_settings(compose_cfg(overrides.split()))
+    assert len(problems) == 1 and message in problems[0], problems
+
+
+@pytest.mark.parametrize("override", ["classifier.treshold=0.5", "task.n_trian=5", "shotz=1"])
+def test_a_mistyped_key_fails_while_hydra_composes(override):
+    with pytest.raises(ConfigCompositionException, match="Could not override"):
+        compose_cfg([override])
+
+
+def test_every_shipped_option_knows_all_its_keys():
+    for override in OPTIONS:
+        assert check_settings(compose_cfg([override])) == [], override
+
+
+def test_a_misspelt_added_key_exits_2_with_the_other_mistakes_before_any_run(tmp_path):
+    proc = run_py(["+task.n_trian=5", "shots=-1"], tmp_path)
+    assert proc.returncode == 2
+    assert "adainfer: error: 2 bad settings" in proc.stderr
+    assert "unknown key task.n_trian" in proc.stderr and "did you mean task.n_train?" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
