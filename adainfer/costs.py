@@ -44,16 +44,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from adainfer.engine import BatchWork, EarlyExitEngine, EngineResult, FixedExit, layer_inputs
-from adainfer.engine.online import decide, needs_features, one_layer_view
+from adainfer.engine import BatchWork, EarlyExitEngine, EngineResult, layer_inputs
+from adainfer.engine.online import decide, one_layer_view
 from adainfer.errors import AdaInferError
 from adainfer.flops import flops_ratio
-from adainfer.policies import ExitPolicy, GapThreshold
-from adainfer.policies.svm import LogRegPolicy, SVMPolicy
+from adainfer.policies import ExitPolicy
 from adainfer.probes import Probe
-
-# Scoring one row with a policy whose cost is unknown here: a small documented constant.
-UNKNOWN_CLASSIFIER_FLOPS = 100.0
 
 
 @dataclass(frozen=True)
@@ -105,27 +101,15 @@ class ModelDims:
         return self.head() + 6.0 * self.vocab
 
 
-def classifier_flops(policy: ExitPolicy) -> float:
-    """FLOPs of scoring one (instance, layer) with ``policy``.
-
-    SVM (StandardScaler + SVC): 2F to scale F features, then per support vector an RBF kernel
-    (‖x − sv‖²: 3F; times gamma, exp, times the dual coefficient, add: 4) or a linear one
-    (2F + 2). Logistic regression: 2F + 2F + 1 + ≈4 for the sigmoid. ``gap``: one compare.
-    ``never`` and :class:`~adainfer.engine.FixedExit` score nothing. Anything else:
-    ``UNKNOWN_CLASSIFIER_FLOPS``.
-    """
-    n_features = float(len(policy.features))
-    if isinstance(policy, FixedExit) or policy.never_stops():
+def classifier_flops(policy: ExitPolicy, dims: ModelDims | None = None) -> float:
+    """FLOPs of scoring one (instance, layer) with ``policy``, as the policy declares them
+    (:meth:`~adainfer.policies.ExitPolicy.decision_flops`; e.g. an SVM's grow with its
+    support vectors); 0 for a policy that can never stop early. A policy that declares no
+    price is refused with an :class:`AdaInferError`."""
+    if policy.never_stops():
         return 0.0
-    if isinstance(policy, GapThreshold):
-        return 1.0
-    if isinstance(policy, SVMPolicy):
-        svc = policy.model[-1]
-        per_sv = 2 * n_features + 2 if svc.kernel == "linear" else 3 * n_features + 4
-        return 2 * n_features + len(svc.support_vectors_) * per_sv + 1
-    if isinstance(policy, LogRegPolicy):
-        return 4 * n_features + 5
-    return UNKNOWN_CLASSIFIER_FLOPS
+    hidden, layers = (dims.hidden, dims.num_layers) if dims else (None, policy.num_layers)
+    return float(policy.decision_flops(hidden, layers))
 
 
 @dataclass
@@ -183,7 +167,7 @@ def run_costs(
     """Eq. 2 and the executed FLOPs of an engine run (see the module docstring); a tuned
     lens's translators count with the probes."""
     dims = ModelDims.from_config(config)
-    per_score = classifier_flops(policy)
+    per_score = classifier_flops(policy, dims)
     totals = np.zeros(4)  # layers, probes, classifier, full model
     layer_rows = full_rows = 0
     for work in result.work:
@@ -211,7 +195,7 @@ def single_prompt_work(
     after ``exit_layer``: a policy that reads features probes (and, below the last layer,
     scores) every layer from its ``first_layer`` on; one that reads none probes its exit only."""
     layers = range(1, exit_layer + 1)
-    if needs_features(policy):
+    if policy.reads_probe:
         probed = [int(layer >= policy.first_layer) for layer in layers]
         classified = [int(policy.first_layer <= layer < num_layers) for layer in layers]
     else:
@@ -231,7 +215,7 @@ def trace_flops_ratio(
     batch size 1 (width = the prompt's own length, :func:`single_prompt_work`), over the full
     model's answer, priced as :func:`run_costs` prices an engine run."""
     dims = ModelDims.from_config(config)
-    per_score = classifier_flops(policy)
+    per_score = classifier_flops(policy, dims)
     ratios = []
     for exit_at, width in zip(exit_layer, seq_len, strict=True):
         work = single_prompt_work(int(exit_at), int(width), policy, dims.num_layers)

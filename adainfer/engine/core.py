@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from adainfer.engine.inputs import LayerInputs, check_supported, layer_inputs
-from adainfer.engine.online import check_policy, decide, needs_features
+from adainfer.engine.online import check_policy, decide
 from adainfer.engine.result import BatchWork, EngineResult, Outputs
 from adainfer.errors import AdaInferError
 from adainfer.features import RECORDED, readout
@@ -132,7 +132,7 @@ class EarlyExitEngine:
         check_policy(policy, self.num_layers)
         check_probe(self.lens, self.num_layers, loaded.hidden_size)
         self.policy = policy
-        self.probe_every_layer = needs_features(policy)
+        self.probe_every_layer = policy.reads_probe
         unknown = sorted(set(record) - set(RECORDED))
         if unknown:
             raise AdaInferError(
