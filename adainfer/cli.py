@@ -13,15 +13,9 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig
 
-from adainfer.errors import AdaInferError
+from adainfer.errors import AdaInferError, fail  # noqa: F401 - fail re-exported
 
 _jobs_started = 0  # Hydra composed a config and handed it to main()
-
-
-def fail(err: AdaInferError) -> None:
-    """Print ``err`` as adainfer's one-message error and exit with status 2."""
-    print(f"adainfer: error: {err}", file=sys.stderr)
-    sys.exit(2)
 
 
 def main(cfg: DictConfig) -> dict[str, float]:

@@ -10,17 +10,13 @@ Forward hooks capture every layer during a single pass, so L layers cost one for
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
 from adainfer.models.arch import DecoderParts
+from adainfer.probes import Probe
 from adainfer.records import LayerRecords  # noqa: F401 - re-exported
 from adainfer.settings import FEATURE_SETS, FEATURES, RECORDED  # noqa: F401 - re-exported
-
-if TYPE_CHECKING:
-    from adainfer.probes import Probe
 
 # Bumped whenever what a trace records changes, so old traces are never reused.
 RECORD_VERSION = "logit-lens-v1:" + ",".join(RECORDED)

@@ -22,10 +22,9 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from adainfer import costs, tracking
-from adainfer.cli import fail
+from adainfer import costs, timing, tracking
 from adainfer.encoding import EncodedPrompts, check_label_tokens, encode_prompts
-from adainfer.errors import AdaInferError
+from adainfer.errors import AdaInferError, fail
 from adainfer.evaluate import (
     ExitResult,
     agreement_metrics,
@@ -414,7 +413,7 @@ def run(cfg: DictConfig, inputs: JobInputs | None = None) -> dict[str, float]:
             cfg.risk.resplits,
         )
         if cfg.engine:
-            outcome.metrics |= costs.engine_metrics(
+            outcome.metrics |= timing.engine_metrics(
                 loaded,
                 outcome.policy,
                 test.input_ids,

@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
+from adainfer.batching import length_sorted_loader, probe_trainer
 from adainfer.encoding import EncodedPrompts
 from adainfer.errors import AdaInferError
 from adainfer.files import cannot_write
@@ -218,8 +219,6 @@ def fit_tuned_lens(
     ``loaded`` is a :class:`~adainfer.models.loading.LoadedModel`. One forward pass per batch,
     run by a Lightning Trainer like the feature extraction.
     """
-    from adainfer.runner import length_sorted_loader, probe_trainer
-
     if ridge < 0:
         raise AdaInferError(f"probe.ridge={ridge} is negative", "use a ridge of 0 or more")
     module = _MomentsModule(loaded.parts, loaded.model)

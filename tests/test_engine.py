@@ -12,15 +12,7 @@ import pytest
 import torch
 from conftest import QUIET, tiny
 
-from adainfer.costs import (
-    ModelDims,
-    classifier_flops,
-    measure_prices,
-    price_policy,
-    run_costs,
-    timed_ideal_speedup,
-    trace_flops_ratio,
-)
+from adainfer.costs import ModelDims, classifier_flops, run_costs, trace_flops_ratio
 from adainfer.engine import EarlyExitEngine, FixedExit
 from adainfer.errors import AdaInferError
 from adainfer.evaluate import apply_exits
@@ -39,6 +31,7 @@ from adainfer.policies import (
 from adainfer.probes import TunedLens
 from adainfer.runner import extract_records
 from adainfer.tasks import RuleTask
+from adainfer.timing import measure_prices, price_policy, timed_ideal_speedup
 
 PROMPTS = ["Q: Monday\nA: Tuesday\n\nQ: March\nA:", "Q: b\nA:", "Q: seven\nA: eight\n\nQ: one\nA:"]
 _TRACED: dict[str, tuple] = {}

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from adainfer.batching import length_order, pad_right
 from adainfer.engine.inputs import LayerInputs, check_supported, layer_inputs
 from adainfer.engine.online import check_policy, decide
 from adainfer.engine.result import BatchWork, EngineResult, Outputs
@@ -171,22 +172,18 @@ class EarlyExitEngine:
     ) -> list[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         """(prompt indices, input_ids, attention_mask) per batch, right-padded.
 
-        Prompts are sorted by length first (as ``runner.extract_records`` does) so a batch
-        wastes little compute on padding; the indices put results back in input order.
+        Prompts are sorted by length first (:mod:`adainfer.batching`, as for the feature
+        extraction) so a batch wastes little compute on padding; the indices put results back
+        in input order.
         """
         self._check_prompts(input_ids)
         if batch_size < 1:
             raise AdaInferError(f"batch_size={batch_size}", "use a batch size of 1 or more")
-        order = np.array(sorted(range(len(input_ids)), key=lambda i: len(input_ids[i])))
+        order = length_order(input_ids)
         out = []
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            width = max(len(input_ids[i]) for i in index)
-            ids = torch.full((len(index), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(index), width), dtype=torch.long)
-            for row, i in enumerate(index):
-                ids[row, : len(input_ids[i])] = torch.tensor(input_ids[i])
-                mask[row, : len(input_ids[i])] = 1
+            ids, mask = pad_right([input_ids[i] for i in index], self.pad_id)
             out.append((index, ids.to(self.device), mask.to(self.device)))
         return out
 
