@@ -161,3 +161,25 @@ def test_no_function_imports_an_adainfer_module_to_hide_a_cycle():
         sorted(unexplained)
     )
     assert set(DEFERRED_ALLOWED) <= set(found), "allowed deferred imports that are gone"
+
+
+@pytest.mark.parametrize(
+    ("call", "home"),
+    [
+        ("register_forward_hook", "adainfer/capture.py"),
+        ("register_forward_pre_hook", "adainfer/capture.py"),
+        ("DataLoader", "adainfer/batching.py"),
+    ],
+)
+def test_one_hook_path_and_one_batching_path(call, home):
+    """Hooks on the LLM are set in one module, batches of prompts are made in one module: the
+    extraction, the tuned lens's fit and the engine share them."""
+    callers = set()
+    for module in MODULES:
+        path = _file(module)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+                if name == call:
+                    callers.add(str(path.relative_to(PACKAGE.parent)))
+    assert callers == {home}

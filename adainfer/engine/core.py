@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from adainfer.batching import length_order, pad_right
+from adainfer.capture import Hooks, last_token
 from adainfer.engine.inputs import LayerInputs, check_supported, layer_inputs
 from adainfer.engine.online import check_policy, decide
 from adainfer.engine.result import BatchWork, EngineResult, Outputs
@@ -35,24 +36,19 @@ class _Capture:
         self.last = torch.zeros(0, dtype=torch.long)
         self.width = 0
         self.out: dict[str, torch.Tensor] = {}
-        self.handles = []
+        self.hooks = Hooks()
         for i in range(parts.num_layers):
-            self.handles.append(parts.attention(i).register_forward_hook(self._keep("attn")))
-            self.handles.append(parts.mlp(i).register_forward_hook(self._keep("mlp")))
+            self.hooks.on_output(parts.attention(i), self._keep("attn"))
+            self.hooks.on_output(parts.mlp(i), self._keep("mlp"))
 
     def _keep(self, key: str):
-        def hook(_module, _args, output):
-            hidden = output[0] if isinstance(output, tuple) else output
-            rows = len(self.last)
-            if hidden.dim() == 2:  # blocks that flatten [rows * width, hidden] (OPT's MLP)
-                hidden = hidden.view(rows, self.width, -1)
-            self.out[key] = hidden[torch.arange(rows), self.last].float()
+        def keep(hidden: torch.Tensor) -> None:
+            self.out[key] = last_token(hidden, self.last, self.width)
 
-        return hook
+        return keep
 
     def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
+        self.hooks.remove()
 
 
 def _cosine(now: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor:
