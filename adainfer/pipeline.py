@@ -374,7 +374,7 @@ def run(cfg: DictConfig, inputs: JobInputs | None = None) -> dict[str, float]:
         "fit_include_own": bool(cfg.fit.include_own),
         "probe": cfg.probe.name,
         "probe_ridge": cfg.probe.get("ridge"),
-        "probe_first_layer": cfg.probe.first_layer,
+        "probe_first_layer": policy.first_layer_setting,  # classifier.first_layer, or its alias
         "risk_epsilon": cfg.risk.epsilon,
         "risk_delta": cfg.risk.delta if limit is not None else None,
         "risk_resplits": cfg.risk.resplits if limit is not None else None,

@@ -4,6 +4,7 @@ whether risk control can set its threshold, and where it starts reading layers. 
 
 from __future__ import annotations
 
+import mlflow
 import numpy as np
 import pytest
 from conftest import compose_cfg
@@ -157,3 +158,6 @@ def test_classifier_first_layer_auto_gives_the_metrics_of_probe_first_layer_auto
     assert own == alias
     every = pipeline.run(compose_cfg(common))
     assert every["first_layer"] == 1 and own["first_layer"] >= 1
+    mlflow.set_tracking_uri(tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["first"], order_by=["start_time ASC"])
+    assert runs["params.probe_first_layer"].tolist() == ["auto", "auto", "1"]  # the setting used
