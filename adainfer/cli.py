@@ -15,16 +15,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from adainfer import schema  # noqa: F401 - registers the config schemas with Hydra
-from adainfer.errors import AdaInferError
+from adainfer.errors import AdaInferError, fail  # noqa: F401 - fail re-exported
 
 _jobs_started = 0  # Hydra composed a config and handed it to main()
 GROUPS = ("model", "task", "classifier", "probe")  # what conf/config.yaml chooses
-
-
-def fail(err: AdaInferError) -> None:
-    """Print ``err`` as adainfer's one-message error and exit with status 2."""
-    print(f"adainfer: error: {err}", file=sys.stderr)
-    sys.exit(2)
 
 
 def check_added_groups(overrides: list[str]) -> None:

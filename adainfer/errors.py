@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 class AdaInferError(Exception):
     """A user-facing error: bad input or a missing resource.
@@ -14,3 +16,9 @@ class AdaInferError(Exception):
         self.problem = problem
         self.fix = fix
         super().__init__(problem if fix is None else f"{problem}\nFix: {fix}")
+
+
+def fail(err: AdaInferError) -> None:
+    """Print ``err`` as adainfer's one-message error and exit with status 2."""
+    print(f"adainfer: error: {err}", file=sys.stderr)
+    sys.exit(2)

@@ -10,27 +10,17 @@ Forward hooks capture every layer during a single pass, so L layers cost one for
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
+from adainfer.capture import Hooks, last_token
 from adainfer.models.arch import DecoderParts
+from adainfer.probes import Probe
 from adainfer.records import LayerRecords  # noqa: F401 - re-exported
 from adainfer.settings import FEATURE_SETS, FEATURES, RECORDED  # noqa: F401 - re-exported
 
-if TYPE_CHECKING:
-    from adainfer.probes import Probe
-
 # Bumped whenever what a trace records changes, so old traces are never reused.
 RECORD_VERSION = "logit-lens-v1:" + ",".join(RECORDED)
-
-
-def _last_token(output, batch: torch.Tensor, last: torch.Tensor, width: int) -> torch.Tensor:
-    hidden = output[0] if isinstance(output, tuple) else output
-    if hidden.dim() == 2:  # blocks that flatten [batch * seq, hidden] (OPT's MLP)
-        hidden = hidden.view(len(batch), width, -1)
-    return hidden[batch, last].float()
 
 
 def _consecutive_cosine(states: torch.Tensor, first: torch.Tensor | None) -> torch.Tensor:
@@ -60,31 +50,20 @@ def probe_layers(
     for several probes.
     Padding must be on the right: the last real token is found from ``attention_mask``.
     """
-    batch = torch.arange(input_ids.shape[0], device=input_ids.device)
     last = attention_mask.sum(dim=1) - 1
     width = input_ids.shape[1]
     captured: dict[str, list[torch.Tensor]] = {"hidden": [], "attn": [], "mlp": [], "input": []}
 
     def keeper(key: str):
-        def hook(_module, _args, output):
-            captured[key].append(_last_token(output, batch, last, width))
+        return lambda hidden: captured[key].append(last_token(hidden, last, width))
 
-        return hook
-
-    def keep_input(_module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        captured["input"].append(_last_token(hidden, batch, last, width))
-
-    handles = [parts.layers[0].register_forward_pre_hook(keep_input, with_kwargs=True)]
-    for i, layer in enumerate(parts.layers):
-        handles.append(layer.register_forward_hook(keeper("hidden")))
-        handles.append(parts.attention(i).register_forward_hook(keeper("attn")))
-        handles.append(parts.mlp(i).register_forward_hook(keeper("mlp")))
-    try:
+    with Hooks() as hooks:
+        hooks.on_input(parts.layers[0], keeper("input"))
+        for i, layer in enumerate(parts.layers):
+            hooks.on_output(layer, keeper("hidden"))
+            hooks.on_output(parts.attention(i), keeper("attn"))
+            hooks.on_output(parts.mlp(i), keeper("mlp"))
         parts.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
     hidden = torch.stack(captured["hidden"], dim=1)  # [batch, layers, hidden]
     out = read_layers(parts, hidden, probe) | {
         "cos_attn": _consecutive_cosine(torch.stack(captured["attn"], dim=1), None),

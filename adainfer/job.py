@@ -49,11 +49,27 @@ class JobInputs:
     fit_splits: dict[str, Splits]
 
 
+def use_probe_first_layer(policy: ExitPolicy, first_layer: int | str) -> None:
+    """Deprecated alias: ``probe.first_layer`` (set to anything but its default, 1) is passed to
+    the policy, whose own setting is ``classifier.first_layer``. Both set and different: a
+    mistake, refused."""
+    if first_layer == 1:
+        return
+    if policy.first_layer_setting not in (1, first_layer):
+        raise AdaInferError(
+            f"probe.first_layer={first_layer} and classifier.first_layer="
+            f"{policy.first_layer_setting} disagree",
+            "set classifier.first_layer only (probe.first_layer is its deprecated alias)",
+        )
+    policy.first_layer = first_layer
+
+
 def load_inputs(cfg: DictConfig) -> JobInputs:
     """Check ``cfg``'s settings, build its policy and tasks and load their data; raise on any
     mistake."""
     require_valid(cfg)
     policy = build(cfg.classifier, "classifier", features=FEATURE_SETS[cfg.feature_set])
+    use_probe_first_layer(policy, cfg.probe.get("first_layer", 1))
     if cfg.engine:
         check_online(policy)
     if cfg.risk.epsilon is not None:

@@ -22,10 +22,9 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from adainfer import costs, tracking
-from adainfer.cli import fail
+from adainfer import costs, timing, tracking
 from adainfer.encoding import EncodedPrompts, check_label_tokens, encode_prompts
-from adainfer.errors import AdaInferError
+from adainfer.errors import AdaInferError, fail
 from adainfer.evaluate import (
     ExitResult,
     agreement_metrics,
@@ -38,7 +37,7 @@ from adainfer.interrupts import Interrupted, ending_on_signals
 from adainfer.job import JobInputs, build, load_inputs
 from adainfer.models import cache
 from adainfer.models.loading import LoadedModel
-from adainfer.policies.base import ExitPolicy, earliest_settled
+from adainfer.policies.base import ExitPolicy
 from adainfer.probes import LensStore, LogitLens, Probe, TunedLens, fit_tuned_lens
 from adainfer.risk import RiskLimit, calibrate, resplit_check
 from adainfer.runner import extract_records, extract_records_multi
@@ -132,19 +131,17 @@ def score(
     """Fit the policy on ``fit_records``, calibrate its threshold on ``calibration`` to the
     ``limit`` when one is given (:mod:`adainfer.risk`), and score it on ``test_records``.
     With ``resplits``, also check the guarantee on that many random redraws of the
-    calibration/test partition (:func:`adainfer.risk.resplit_check`). ``first_layer`` (a layer,
-    or ``"auto"``: :func:`~adainfer.policies.base.earliest_settled` on the fit records) is where
-    the policy starts reading layers.
+    calibration/test partition (:func:`adainfer.risk.resplit_check`). ``first_layer``, when
+    given, replaces the policy's own setting (a layer, or ``"auto"``, which the policy resolves
+    when it is fitted: :func:`~adainfer.policies.base.earliest_settled` on the fit records).
 
     Besides Eq. 2 (``flops_ratio``), ``honest_flops_ratio`` charges every probe, translator and
     classifier call the exits imply (:func:`adainfer.costs.trace_flops_ratio`).
     """
     probe = probe or LogitLens()
+    if first_layer is not None:
+        policy.first_layer = first_layer
     policy.fit(fit_records)
-    if first_layer == "auto":
-        policy.first_layer = earliest_settled(fit_records)
-    elif first_layer is not None:
-        policy.first_layer = int(first_layer)
     calibrated = {}
     if limit is not None and calibration is not None:
         if policy.deployable:
@@ -162,7 +159,7 @@ def score(
         result.exit_layer, test_records.seq_len, loaded.config, policy, probe
     )
     metrics["honest_flops_ratio"] = float(np.mean(honest))
-    metrics["first_layer"] = float(policy.first_layer)  # what probe.first_layer=auto chose
+    metrics["first_layer"] = float(policy.first_layer)  # what first_layer=auto chose
     metrics |= agreement_metrics(test_records)
     return Outcome(metrics | calibrated, fit_records, test_records, result, policy, probe)
 
@@ -377,7 +374,7 @@ def run(cfg: DictConfig, inputs: JobInputs | None = None) -> dict[str, float]:
         "fit_include_own": bool(cfg.fit.include_own),
         "probe": cfg.probe.name,
         "probe_ridge": cfg.probe.get("ridge"),
-        "probe_first_layer": cfg.probe.first_layer,
+        "probe_first_layer": policy.first_layer_setting,  # classifier.first_layer, or its alias
         "risk_epsilon": cfg.risk.epsilon,
         "risk_delta": cfg.risk.delta if limit is not None else None,
         "risk_resplits": cfg.risk.resplits if limit is not None else None,
@@ -414,10 +411,9 @@ def run(cfg: DictConfig, inputs: JobInputs | None = None) -> dict[str, float]:
             records(loaded, name, "calibration", calibration[name], probe) if limit else None,
             limit,
             cfg.risk.resplits,
-            cfg.probe.first_layer,
         )
         if cfg.engine:
-            outcome.metrics |= costs.engine_metrics(
+            outcome.metrics |= timing.engine_metrics(
                 loaded,
                 outcome.policy,
                 test.input_ids,

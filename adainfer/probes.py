@@ -34,6 +34,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
+from adainfer.batching import length_sorted_loader, probe_trainer
+from adainfer.capture import Hooks
 from adainfer.encoding import EncodedPrompts
 from adainfer.errors import AdaInferError
 from adainfer.files import cannot_write
@@ -179,21 +181,14 @@ class _MomentsModule(L.LightningModule):
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> int:
         outputs: list[torch.Tensor] = []
-
-        def keep(_module, _args, output):
-            outputs.append(output[0] if isinstance(output, tuple) else output)
-
-        handles = [layer.register_forward_hook(keep) for layer in self.parts.layers]
-        try:
-            with torch.no_grad():
-                self.parts.backbone(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    use_cache=False,
-                )
-        finally:
-            for handle in handles:
-                handle.remove()
+        with Hooks() as hooks, torch.no_grad():
+            for layer in self.parts.layers:
+                hooks.on_output(layer, outputs.append)
+            self.parts.backbone(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                use_cache=False,
+            )
         keep_pos = batch["attention_mask"].bool().clone()
         keep_pos[:, 0] = False  # the first position: an attention-sink outlier
         x = torch.stack([o[keep_pos] for o in outputs]).float()  # [L, n, h]
@@ -218,8 +213,6 @@ def fit_tuned_lens(
     ``loaded`` is a :class:`~adainfer.models.loading.LoadedModel`. One forward pass per batch,
     run by a Lightning Trainer like the feature extraction.
     """
-    from adainfer.runner import length_sorted_loader, probe_trainer
-
     if ridge < 0:
         raise AdaInferError(f"probe.ridge={ridge} is negative", "use a ridge of 0 or more")
     module = _MomentsModule(loaded.parts, loaded.model)

@@ -117,10 +117,12 @@ def candidate_thresholds(policy: ExitPolicy, train: LayerRecords, grid: int) -> 
 
 
 def check_calibratable(policy: ExitPolicy) -> None:
-    """Refuse a policy without a threshold to set (a Viterbi CRF decides by its tag path)."""
-    if getattr(policy, "viterbi", False):
+    """Refuse a policy without a threshold to set (:attr:`ExitPolicy.calibratable`; a Viterbi
+    CRF decides by its tag path)."""
+    if not policy.calibratable:
         raise AdaInferError(
-            "risk control sets a threshold on the policy's scores, and a Viterbi CRF has none",
+            "risk control sets a threshold on the policy's scores, and "
+            f"{policy.not_calibratable_because}",
             "give the CRF a threshold on its marginals (+classifier.threshold=0.5), "
             "or use another policy",
         )

@@ -11,8 +11,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
+from adainfer.batching import length_sorted_loader, probe_trainer
 from adainfer.encoding import EncodedPrompts
 from adainfer.features import RECORDED, LayerRecords, probe_layers
 from adainfer.models.loading import LoadedModel
@@ -35,44 +35,6 @@ class LayerProbeModule(L.LightningModule):
         ids, mask = batch["input_ids"], batch["attention_mask"]
         out = probe_layers(self.parts, ids, mask, self.probe, self.also)
         return {key: value.cpu() for key, value in out.items()} | {"index": batch["index"].cpu()}
-
-
-def _collate(pad_id: int):
-    def collate(items: list[tuple[int, list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(ids) for _, ids in items)
-        input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for row, (_, ids) in enumerate(items):  # right padding, see models.loading
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            mask[row, : len(ids)] = 1
-        index = torch.tensor([i for i, _ in items])
-        return {"input_ids": input_ids, "attention_mask": mask, "index": index}
-
-    return collate
-
-
-def length_sorted_loader(loaded: LoadedModel, encoded: EncodedPrompts, batch_size: int):
-    """Batches of prompts sorted by length (less padding); each carries its prompts' indices."""
-    order = sorted(range(len(encoded.input_ids)), key=lambda i: len(encoded.input_ids[i]))
-    return DataLoader(
-        [(i, encoded.input_ids[i]) for i in order],
-        batch_size=batch_size,
-        collate_fn=_collate(loaded.tokenizer.pad_token_id),
-    )
-
-
-def probe_trainer(trainer_kwargs: dict[str, Any] | None = None) -> L.Trainer:
-    """A Trainer for inference passes (no logger, no checkpoints); ``trainer.*`` on top."""
-    return L.Trainer(
-        **{
-            "accelerator": "auto",
-            "devices": 1,
-            "logger": False,
-            "enable_checkpointing": False,
-            "enable_model_summary": False,
-            **(trainer_kwargs or {}),
-        }
-    )
 
 
 def extract_records(

@@ -223,9 +223,11 @@ class SuiteSchema:
 
 @dataclass
 class NoSettingsClassifier:
-    """A policy without settings: never, oracle_gold, oracle_consistent."""
+    """A policy without settings of its own (never, oracle_gold, oracle_consistent); every
+    policy takes ``first_layer``."""
 
     _target_: str = MISSING
+    first_layer: Any = MISSING  # 1 = every layer; auto = where 5% of train instances have settled
 
 
 @dataclass

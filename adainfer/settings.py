@@ -115,6 +115,7 @@ CLASSIFIER: dict[str, Rule] = {
     "c1": Rule(_number(0), "a number >= 0", "0.1"),
     "c2": Rule(_number(0), "a number >= 0", "0.1"),
     "max_iterations": Rule(_int(1), "a whole number >= 1", "100"),
+    "first_layer": Rule(_first_layer, "a layer number >= 1, or auto", "auto"),
 }
 
 

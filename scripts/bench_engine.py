@@ -19,7 +19,7 @@ executed-FLOPs ratio (b), three ideal speedups, the measured speedup and measure
 - ideal_F: from the FLOPs of (b), probes and classifier included;
 - ideal_T: from the work executed (the layer inputs of each batch, the layers on the rows that
   ran them, the probes on the rows read, the policy calls), each part priced at the measured
-  time of that same shape run by itself (``costs.measure_prices``, ``costs.price_policy``). It
+  time of that same shape run by itself (``timing.measure_prices``, ``timing.price_policy``). It
   is what an engine with no overhead of its own would reach.
 
 "measured" is the fastest repeat of each batch, summed (timeit's rule: on a shared machine the
@@ -48,18 +48,13 @@ import torch
 from common import compose_config, use_shared_data
 from hydra.utils import instantiate
 
-from adainfer.costs import (
-    measure_prices,
-    price_policy,
-    run_costs,
-    time_against_full,
-    timed_ideal_speedup,
-)
+from adainfer.costs import run_costs
 from adainfer.engine import EarlyExitEngine, FixedExit
 from adainfer.pipeline import prepare
 from adainfer.policies import GapThreshold, SVMPolicy
 from adainfer.policies.base import earliest_settled
 from adainfer.runner import extract_records
+from adainfer.timing import measure_prices, price_policy, time_against_full, timed_ideal_speedup
 
 TARGETS = {1: 0.9, 16: 0.8}  # measured / ideal_T, by batch size
 QUIET = {"enable_progress_bar": False}

@@ -12,20 +12,13 @@ import pytest
 import torch
 from conftest import QUIET, tiny
 
-from adainfer.costs import (
-    ModelDims,
-    classifier_flops,
-    measure_prices,
-    price_policy,
-    run_costs,
-    timed_ideal_speedup,
-    trace_flops_ratio,
-)
-from adainfer.engine import EarlyExitEngine, FixedExit
+from adainfer.costs import ModelDims, classifier_flops, run_costs, trace_flops_ratio
+from adainfer.engine import ENGINE_MODEL_TYPES, EarlyExitEngine, FixedExit
 from adainfer.errors import AdaInferError
 from adainfer.evaluate import apply_exits
 from adainfer.features import RECORDED, LayerRecords, probe_layers
 from adainfer.flops import flops_ratio
+from adainfer.models import supported_model_types
 from adainfer.pipeline import prepare
 from adainfer.policies import (
     CRFPolicy,
@@ -39,6 +32,7 @@ from adainfer.policies import (
 from adainfer.probes import TunedLens
 from adainfer.runner import extract_records
 from adainfer.tasks import RuleTask
+from adainfer.timing import measure_prices, price_policy, timed_ideal_speedup
 
 PROMPTS = ["Q: Monday\nA: Tuesday\n\nQ: March\nA:", "Q: b\nA:", "Q: seven\nA: eight\n\nQ: one\nA:"]
 _TRACED: dict[str, tuple] = {}
@@ -142,6 +136,32 @@ def test_masks_and_rotary_of_each_family(model_type):
         )
     ids, mask = _padded(loaded)
     assert mask.sum(1).min() > 4, "prompts must be longer than the sliding window"
+    result = EarlyExitEngine(loaded, NeverExit()).run(_ids(loaded), 8, keep_logits=True)
+    with torch.no_grad():
+        logits = loaded.model(input_ids=ids, attention_mask=mask).logits
+    expected = logits[torch.arange(len(PROMPTS)), mask.sum(1) - 1]
+    torch.testing.assert_close(torch.from_numpy(result.logits), expected, rtol=1e-4, atol=1e-5)
+
+
+# Small sizes for the model types the tests above do not build (a window shorter than the
+# prompts where the type has one).
+OTHER_FAMILIES = {
+    "gemma": dict(num_key_value_heads=1, head_dim=16),
+    "gemma2": dict(num_key_value_heads=1, head_dim=16, sliding_window=4),
+    "phi3": dict(num_key_value_heads=2, sliding_window=4),
+    "llama": dict(num_key_value_heads=2),
+    "opt": {},
+}
+
+
+@pytest.mark.parametrize("model_type", supported_model_types())
+def test_every_model_type_adainfer_probes_runs_in_the_engine(model_type):
+    """One list of model types (models.arch.FAMILIES): the engine runs each, and the full-depth
+    run gives the library's own logits."""
+    assert model_type in ENGINE_MODEL_TYPES
+    loaded = tiny(model_type, **(OTHER_FAMILIES | LLAMA_LIKE)[model_type]).load()
+    assert loaded.num_layers == 4 and loaded.config.model_type == model_type
+    ids, mask = _padded(loaded)
     result = EarlyExitEngine(loaded, NeverExit()).run(_ids(loaded), 8, keep_logits=True)
     with torch.no_grad():
         logits = loaded.model(input_ids=ids, attention_mask=mask).logits

@@ -17,8 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from adainfer.batching import length_order, pad_right
+from adainfer.capture import Hooks, last_token
 from adainfer.engine.inputs import LayerInputs, check_supported, layer_inputs
-from adainfer.engine.online import check_policy, decide, needs_features
+from adainfer.engine.online import check_policy, decide
 from adainfer.engine.result import BatchWork, EngineResult, Outputs
 from adainfer.errors import AdaInferError
 from adainfer.features import RECORDED, readout
@@ -34,24 +36,19 @@ class _Capture:
         self.last = torch.zeros(0, dtype=torch.long)
         self.width = 0
         self.out: dict[str, torch.Tensor] = {}
-        self.handles = []
+        self.hooks = Hooks()
         for i in range(parts.num_layers):
-            self.handles.append(parts.attention(i).register_forward_hook(self._keep("attn")))
-            self.handles.append(parts.mlp(i).register_forward_hook(self._keep("mlp")))
+            self.hooks.on_output(parts.attention(i), self._keep("attn"))
+            self.hooks.on_output(parts.mlp(i), self._keep("mlp"))
 
     def _keep(self, key: str):
-        def hook(_module, _args, output):
-            hidden = output[0] if isinstance(output, tuple) else output
-            rows = len(self.last)
-            if hidden.dim() == 2:  # blocks that flatten [rows * width, hidden] (OPT's MLP)
-                hidden = hidden.view(rows, self.width, -1)
-            self.out[key] = hidden[torch.arange(rows), self.last].float()
+        def keep(hidden: torch.Tensor) -> None:
+            self.out[key] = last_token(hidden, self.last, self.width)
 
-        return hook
+        return keep
 
     def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
+        self.hooks.remove()
 
 
 def _cosine(now: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor:
@@ -132,7 +129,7 @@ class EarlyExitEngine:
         check_policy(policy, self.num_layers)
         check_probe(self.lens, self.num_layers, loaded.hidden_size)
         self.policy = policy
-        self.probe_every_layer = needs_features(policy)
+        self.probe_every_layer = policy.reads_probe
         unknown = sorted(set(record) - set(RECORDED))
         if unknown:
             raise AdaInferError(
@@ -171,22 +168,18 @@ class EarlyExitEngine:
     ) -> list[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         """(prompt indices, input_ids, attention_mask) per batch, right-padded.
 
-        Prompts are sorted by length first (as ``runner.extract_records`` does) so a batch
-        wastes little compute on padding; the indices put results back in input order.
+        Prompts are sorted by length first (:mod:`adainfer.batching`, as for the feature
+        extraction) so a batch wastes little compute on padding; the indices put results back
+        in input order.
         """
         self._check_prompts(input_ids)
         if batch_size < 1:
             raise AdaInferError(f"batch_size={batch_size}", "use a batch size of 1 or more")
-        order = np.array(sorted(range(len(input_ids)), key=lambda i: len(input_ids[i])))
+        order = length_order(input_ids)
         out = []
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            width = max(len(input_ids[i]) for i in index)
-            ids = torch.full((len(index), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(index), width), dtype=torch.long)
-            for row, i in enumerate(index):
-                ids[row, : len(input_ids[i])] = torch.tensor(input_ids[i])
-                mask[row, : len(input_ids[i])] = 1
+            ids, mask = pad_right([input_ids[i] for i in index], self.pad_id)
             out.append((index, ids.to(self.device), mask.to(self.device)))
         return out
 

@@ -6,10 +6,14 @@ runs the layers itself, so this module does that preparation, family by family, 
 calls the backbone makes (its ``embed_tokens``, ``rotary_emb``, ``embed_positions`` and
 ``transformers.masking_utils``), and can drop finished rows from all of it (:meth:`select`).
 
-- Llama-like (Llama incl. SmolLM2, Mistral, Qwen2/3): one rotary embedding, a causal mask
-  (a sliding-window one for layers of type ``sliding_attention``).
+The families and their model types are those of :data:`adainfer.models.arch.FAMILIES`, the one
+list: every model adainfer can probe, the engine can run.
+
+- Llama-like (Llama incl. SmolLM2, Mistral, Qwen2/3, Gemma 1/2, Phi-3): one rotary embedding, a
+  causal mask (a sliding-window one for layers of type ``sliding_attention``).
 - Gemma-3: ``sliding_attention`` and ``full_attention`` layers, each with its own mask and its
-  own rotary embedding (local and global RoPE bases); the embedding module scales by sqrt(h).
+  own rotary embedding (local and global RoPE bases). Gemma's embedding modules scale by
+  sqrt(h) themselves.
 - OPT: learned absolute positions added to the embeddings (counted from the attention mask,
   offset by 2 inside the module), an optional ``project_in``, one causal mask.
 """
@@ -23,12 +27,11 @@ import torch
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from adainfer.errors import AdaInferError
+from adainfer.models.arch import FAMILIES
 
 FULL, SLIDING = "full_attention", "sliding_attention"
 _MASKS = {FULL: create_causal_mask, SLIDING: create_sliding_window_causal_mask}
-_LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 _ROPE_PER_LAYER_TYPE = ("gemma3_text",)  # rotary_emb(x, position_ids, layer_type)
-ENGINE_MODEL_TYPES = (*_LLAMA_LIKE, "opt")
 
 
 @dataclass
@@ -139,5 +142,9 @@ def layer_inputs(
 ) -> LayerInputs:
     """Embeddings, masks and positions for a right-padded batch, as the backbone builds them."""
     model_type = check_supported(model)
-    build = _opt if model_type == "opt" else _llama_like
-    return build(model, input_ids, attention_mask)
+    return _BUILD[FAMILIES[model_type]](model, input_ids, attention_mask)
+
+
+# How the engine builds each family's layer inputs (the families of models.arch.FAMILIES).
+_BUILD = {"llama_like": _llama_like, "opt": _opt}
+ENGINE_MODEL_TYPES = tuple(sorted(t for t, family in FAMILIES.items() if family in _BUILD))

@@ -17,8 +17,7 @@ import numpy as np
 from adainfer.errors import AdaInferError
 from adainfer.features import LayerRecords
 from adainfer.policies import ExitPolicy
-from adainfer.policies.base import check_online
-from adainfer.policies.svm import SklearnPolicy
+from adainfer.policies.base import FirstLayer, check_online
 
 
 class FixedExit(ExitPolicy):
@@ -31,8 +30,14 @@ class FixedExit(ExitPolicy):
     name = "fixed"
     causal: ClassVar[bool] = True
 
-    def __init__(self, layer: int, features: tuple[str, ...] = (), threshold: float | None = None):
-        super().__init__(features, threshold)
+    def __init__(
+        self,
+        layer: int,
+        features: tuple[str, ...] = (),
+        threshold: float | None = None,
+        first_layer: FirstLayer = 1,
+    ):
+        super().__init__(features, threshold, first_layer)
         if layer < 1:
             raise AdaInferError(f"FixedExit(layer={layer}): layers count from 1", "pass 1..L")
         self.layer = int(layer)
@@ -45,6 +50,9 @@ class FixedExit(ExitPolicy):
     def online_stop(self, layer: int, view: LayerRecords | None, rows: int) -> np.ndarray:
         """The decision at ``layer`` for ``rows`` instances (needs no features)."""
         return np.full(rows, layer >= self.layer)
+
+    def decision_flops(self, hidden: int | None = None, layers: int | None = None) -> float:
+        return 0.0  # it scores nothing: the layer count decides
 
     def params(self) -> dict[str, Any]:
         return super().params() | {"layer": self.layer}
@@ -69,7 +77,7 @@ def check_policy(policy: ExitPolicy, num_layers: int) -> None:
             f"policy {policy.name!r} has first_layer={policy.first_layer}, outside 1..{num_layers}",
             f"set first_layer to a layer of this model (1..{num_layers})",
         )
-    if isinstance(policy, SklearnPolicy) and policy.num_layers is None:
+    if policy.learned and policy.num_layers is None:
         raise AdaInferError(
             f"policy {policy.name!r} is not fitted",
             "call policy.fit(records) with layer records of this model first",
@@ -78,10 +86,8 @@ def check_policy(policy: ExitPolicy, num_layers: int) -> None:
 
 def needs_features(policy: ExitPolicy) -> bool:
     """Whether the policy reads probe features, so every visited layer must be probed
-    (not when it can never stop early: then only the last layer is read)."""
-    if policy.never_stops():
-        return False
-    return bool(policy.features) or not hasattr(policy, "online_stop")
+    (:attr:`ExitPolicy.reads_probe`)."""
+    return policy.reads_probe
 
 
 def one_layer_view(values: dict[str, np.ndarray], argmax: np.ndarray, seq_len: np.ndarray):
@@ -98,8 +104,4 @@ def decide(policy: ExitPolicy, layer: int, view: LayerRecords | None, rows: int)
     """Boolean [rows]: which of the active instances stop after ``layer`` (1-based)."""
     if policy.never_stops():
         return np.zeros(rows, dtype=bool)
-    if hasattr(policy, "online_stop"):
-        stop = policy.online_stop(layer, view, rows)
-    else:
-        stop = policy.stop_mask(view)[:, 0]
-    return np.asarray(stop, dtype=bool)
+    return np.asarray(policy.online_stop(layer, view, rows), dtype=bool)

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from adainfer.costs import BatchWork  # noqa: F401 - re-exported: the work log it prices
 from adainfer.engine.online import one_layer_view
 from adainfer.features import RECORDED, LayerRecords
-
-
-@dataclass
-class BatchWork:
-    """What the engine computed for one padded batch, layer by layer (l = 1..deepest)."""
-
-    width: int  # positions per row: the batch's longest prompt (right padding)
-    seq_len: np.ndarray  # [B] real tokens per row
-    rows: list[int] = field(default_factory=list)  # rows that ran layer l
-    probed: list[int] = field(default_factory=list)  # rows whose last token was probed after l
-    classified: list[int] = field(default_factory=list)  # rows the policy scored after l
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """Where each architecture family keeps its decoder layers, final norm and LM head.
 
-Everything else in adainfer talks to :class:`DecoderParts` only, so a new family is one entry
-in :data:`_FAMILIES` (tuned-lens' ``model_surgery`` follows the same idea).
+Everything else in adainfer talks to :class:`DecoderParts` only, so a new model type is one entry
+in :data:`FAMILIES` (tuned-lens' ``model_surgery`` follows the same idea). It is the one list of
+model types: the early-exit engine (``adainfer.engine.inputs``) builds each family's layer
+inputs from it too.
 """
 
 from __future__ import annotations
@@ -73,21 +75,20 @@ def _opt(model: nn.Module) -> DecoderParts:
     )
 
 
-_LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
-_FAMILIES: dict[str, Callable[[nn.Module], DecoderParts]] = {
-    **{name: _llama_like for name in _LLAMA_LIKE},
-    "opt": _opt,
-}
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
+# Model type -> family: where its parts are (here) and how its layer inputs are built (engine).
+FAMILIES: dict[str, str] = {**{name: "llama_like" for name in LLAMA_LIKE}, "opt": "opt"}
+_PARTS: dict[str, Callable[[nn.Module], DecoderParts]] = {"llama_like": _llama_like, "opt": _opt}
 
 
 def supported_model_types() -> list[str]:
-    return sorted(_FAMILIES)
+    return sorted(FAMILIES)
 
 
 def decoder_parts(model: nn.Module) -> DecoderParts:
     """Find the decoder layers, final norm and LM head of a transformers causal LM."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    family = _FAMILIES.get(model_type)
+    family = FAMILIES.get(model_type)
     if family is None:
         raise AdaInferError(
             f"unsupported architecture {model_type!r} ({type(model).__name__}): adainfer does not "
@@ -95,4 +96,4 @@ def decoder_parts(model: nn.Module) -> DecoderParts:
             f"use one of the supported model types {supported_model_types()}, or add an entry "
             "to adainfer/models/arch.py",
         )
-    return family(model)
+    return _PARTS[family](model)

@@ -13,7 +13,7 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from pathlib import Path, PurePath
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -25,6 +25,13 @@ log = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, type[ExitPolicy]] = {}
 
+# What adainfer's own non-engine policies (the CRF, the oracles) are charged per decision in
+# honest FLOPs: a nominal price, not a model of their work. They cannot run in the engine, so
+# only trace evaluation's ``honest_flops_ratio`` uses it.
+NOMINAL_DECISION_FLOPS = 100.0
+
+FirstLayer = int | Literal["auto"]
+
 
 def first_exit(stop: np.ndarray) -> np.ndarray:
     """1-based exit layer per row of a boolean [N, L] stop mask (L when never marked)."""
@@ -33,7 +40,22 @@ def first_exit(stop: np.ndarray) -> np.ndarray:
 
 
 class ExitPolicy(ABC):
-    """Decides where each instance stops, from its per-layer features."""
+    """Decides where each instance stops, from its per-layer features.
+
+    A policy says what it is, so that no other module needs to know its class:
+
+    - :attr:`reads`: the per-layer feature names its decision reads (the probe's outputs);
+      a policy that reads none decides without probing (:meth:`online_stop`).
+    - :meth:`decision_flops`: what one decision (one instance at one layer) costs, priced in
+      honest FLOPs (:mod:`adainfer.costs`). The base class does not know: a policy that does
+      not declare its price is refused there, never charged a made-up one.
+    - :attr:`online` / :attr:`not_online_because`: whether the early-exit engine can run it.
+    - :attr:`calibratable` / :attr:`not_calibratable_because`: whether risk control
+      (:mod:`adainfer.risk`) can set its threshold.
+    - :attr:`learned`: whether it must be fitted before it can decide.
+    - ``first_layer``: no exit (and, in the engine, no probe) before this layer; ``"auto"``
+      resolves when the policy is fitted (:func:`earliest_settled` on the fit records).
+    """
 
     name: ClassVar[str] = "policy"
     default_threshold: ClassVar[float] = 0.0
@@ -43,6 +65,8 @@ class ExitPolicy(ABC):
     causal: ClassVar[bool] = False
     # Why the engine cannot run it, when it cannot (said by check_online).
     not_online_because: ClassVar[str] = "its decision at layer l depends on later layers"
+    # True when it learns from the train records, so it cannot decide before ``fit``.
+    learned: ClassVar[bool] = False
 
     @property
     def online(self) -> bool:
@@ -50,20 +74,86 @@ class ExitPolicy(ABC):
         and does not look at the answer (``deployable``): the engine can run it."""
         return self.causal and self.deployable
 
-    def __init__(self, features: tuple[str, ...] = FEATURES, threshold: float | None = None):
+    @property
+    def calibratable(self) -> bool:
+        """True when risk control can set its threshold: it stops where its score exceeds
+        ``threshold`` (every policy here but a Viterbi CRF)."""
+        return True
+
+    @property
+    def not_calibratable_because(self) -> str:
+        """Why risk control cannot set its threshold, when it cannot."""
+        return f"policy {self.name!r} does not stop by a threshold on its scores"
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The per-layer feature names the decision reads (``features``, as configured)."""
+        return self.features
+
+    @property
+    def reads_probe(self) -> bool:
+        """Whether every visited layer must be probed for it: it reads features and can stop
+        early (one that never stops needs only the last layer's answer)."""
+        return bool(self.reads) and not self.never_stops()
+
+    def decision_flops(self, hidden: int | None = None, layers: int | None = None) -> float:
+        """FLOPs of one decision: scoring one instance at one layer, for a model of
+        ``hidden`` size and ``layers`` (None: unknown; adainfer's own policies read a few
+        scalar features, so their price does not depend on them). Every policy used for
+        honest FLOPs must declare it."""
+        raise AdaInferError(
+            f"policy {self.name!r} ({type(self).__qualname__}) does not declare its price per "
+            "decision, so honest FLOPs cannot count what its decisions cost",
+            f"override decision_flops() in {type(self).__qualname__} (see ExitPolicy)",
+        )
+
+    def __init__(
+        self,
+        features: tuple[str, ...] = FEATURES,
+        threshold: float | None = None,
+        first_layer: FirstLayer = 1,
+    ):
         self.features = tuple(features)
         self.threshold = self.default_threshold if threshold is None else float(threshold)
         self.num_layers: int | None = None  # of the records it was fitted on
-        # No exit (and, in the engine, no probe) before this layer; see ``earliest_settled``.
-        self.first_layer = 1
+        self.first_layer = first_layer
+
+    @property
+    def first_layer(self) -> int:
+        """The first layer it may exit at (and, in the engine, probe); see ``earliest_settled``.
+        Set it to a layer or ``"auto"``, which ``fit`` resolves."""
+        if self._first_layer is None:
+            raise AdaInferError(
+                f"policy {self.name!r} has first_layer='auto', which is resolved when it is "
+                "fitted, and it is not fitted yet",
+                "call policy.fit(records) first, or give first_layer a layer number",
+            )
+        return self._first_layer
+
+    @first_layer.setter
+    def first_layer(self, value: FirstLayer) -> None:
+        if value == "auto":
+            self.first_layer_setting: FirstLayer = "auto"
+            self._first_layer: int | None = None
+            return
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise AdaInferError(
+                f"policy {self.name!r}: first_layer={value!r} is not a layer number >= 1 or 'auto'",
+                "use classifier.first_layer=1 (every layer, as the paper) or "
+                "classifier.first_layer=auto",
+            )
+        self.first_layer_setting = self._first_layer = int(value)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _REGISTRY[cls.name] = cls
 
     def fit(self, records: LayerRecords) -> ExitPolicy:
-        """Learn from the train split's (features_l, y_l) pairs; rules need no training."""
+        """Learn from the train split's (features_l, y_l) pairs; rules need no training.
+        Resolves ``first_layer="auto"`` on these records."""
         self.num_layers = records.num_layers
+        if self.first_layer_setting == "auto":
+            self._first_layer = earliest_settled(records)
         return self
 
     @abstractmethod
@@ -83,6 +173,12 @@ class ExitPolicy(ABC):
             stop = stop.copy()
             stop[:, : self.first_layer - 1] = False
         return first_exit(stop)
+
+    def online_stop(self, layer: int, view: LayerRecords | None, rows: int) -> np.ndarray:
+        """Boolean [rows]: which of ``rows`` active instances stop after ``layer`` (1-based),
+        from ``view``, their features at that layer only (shape [rows, 1]; None when the
+        policy reads none). What the engine calls; the trace decision, one layer at a time."""
+        return self.stop_mask(view)[:, 0]
 
     def never_stops(self) -> bool:
         """True when no feature value can make it stop early (threshold +inf, nothing learnt):
@@ -181,6 +277,9 @@ class NeverExit(ExitPolicy):
 
     def scores(self, records: LayerRecords) -> np.ndarray:
         return np.full((records.num_instances, records.num_layers), -np.inf)
+
+    def decision_flops(self, hidden: int | None = None, layers: int | None = None) -> float:
+        return 0.0  # it scores nothing
 
 
 def single_class(labels: np.ndarray, policy: str) -> bool:

@@ -14,7 +14,12 @@ from typing import Any
 import numpy as np
 import sklearn_crfsuite
 
-from adainfer.policies.base import ExitPolicy, single_class
+from adainfer.policies.base import (
+    NOMINAL_DECISION_FLOPS,
+    ExitPolicy,
+    FirstLayer,
+    single_class,
+)
 from adainfer.records import LayerRecords
 from adainfer.settings import FEATURES
 
@@ -34,17 +39,30 @@ class CRFPolicy(ExitPolicy):
         "layers after l)"
     )
     default_threshold = 0.5
+    learned = True
 
     def __init__(
         self,
         features: tuple[str, ...] = FEATURES,
         threshold: float | None = None,
+        first_layer: FirstLayer = 1,
         **crf_kwargs: Any,
     ) -> None:
-        super().__init__(features, threshold)
+        super().__init__(features, threshold, first_layer)
         self.viterbi = threshold is None
         self.crf_kwargs = {"algorithm": "lbfgs", "max_iterations": 100, **crf_kwargs}
         self.model: sklearn_crfsuite.CRF | None = None
+
+    @property
+    def calibratable(self) -> bool:
+        return not self.viterbi  # with a threshold, it stops where its marginal exceeds it
+
+    @property
+    def not_calibratable_because(self) -> str:
+        return "a Viterbi CRF has none: it decides by its tag path"
+
+    def decision_flops(self, hidden: int | None = None, layers: int | None = None) -> float:
+        return NOMINAL_DECISION_FLOPS  # a nominal price: its inference is not modelled
 
     def fit(self, records: LayerRecords) -> CRFPolicy:
         super().fit(records)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adainfer.policies.base import ExitPolicy
+from adainfer.policies.base import NOMINAL_DECISION_FLOPS, ExitPolicy
 from adainfer.records import LayerRecords
 
 
@@ -15,6 +15,9 @@ class OracleGold(ExitPolicy):
     name = "oracle_gold"
     deployable = False
     not_online_because = "the oracle looks at the gold answer"
+
+    def decision_flops(self, hidden: int | None = None, layers: int | None = None) -> float:
+        return NOMINAL_DECISION_FLOPS  # a reference bound, not deployable: a nominal price
 
     def scores(self, records: LayerRecords) -> np.ndarray:
         return records.labels.astype(np.float64)
@@ -27,6 +30,9 @@ class OracleConsistent(ExitPolicy):
     name = "oracle_consistent"
     deployable = False
     not_online_because = "the oracle compares every layer with the last one"
+
+    def decision_flops(self, hidden: int | None = None, layers: int | None = None) -> float:
+        return NOMINAL_DECISION_FLOPS  # a reference bound, not deployable: a nominal price
 
     def scores(self, records: LayerRecords) -> np.ndarray:
         same = records.argmax == records.argmax[:, -1:]

@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from adainfer.errors import AdaInferError
-from adainfer.policies.base import ExitPolicy, single_class
+from adainfer.policies.base import ExitPolicy, FirstLayer, single_class
 from adainfer.records import LayerRecords
 from adainfer.settings import FEATURES
 
@@ -32,15 +32,17 @@ class SklearnPolicy(ExitPolicy):
 
     name = "sklearn"
     causal = True  # one sample per (instance, layer): layer l's features only
+    learned = True
 
     def __init__(
         self,
         features: tuple[str, ...] = FEATURES,
         threshold: float | None = None,
         seed: int = 0,
+        first_layer: FirstLayer = 1,
         **kwargs: Any,
     ) -> None:
-        super().__init__(features, threshold)
+        super().__init__(features, threshold, first_layer)
         self.seed = seed
         self.kwargs = kwargs
         self.model: Pipeline | None = None
@@ -111,6 +113,17 @@ class SVMPolicy(SklearnPolicy):
     def _estimator(self):
         return SVC(random_state=self.seed, **self.kwargs)
 
+    def decision_flops(self, hidden: int | None = None, layers: int | None = None) -> float:
+        """StandardScaler (2F for F features), then per support vector an RBF kernel
+        (‖x − sv‖²: 3F; times gamma, exp, times the dual coefficient, add: 4) or a linear one
+        (2F + 2), and the intercept (1). Nothing learnt: it scores nothing."""
+        if self.model is None:
+            return 0.0
+        n_features = float(len(self.features))
+        svc = self.model[-1]
+        per_sv = 2 * n_features + 2 if svc.kernel == "linear" else 3 * n_features + 4
+        return 2 * n_features + len(svc.support_vectors_) * per_sv + 1
+
     def _raw_scores(self, X: np.ndarray) -> np.ndarray:
         return self.model.decision_function(X)
 
@@ -123,6 +136,10 @@ class LogRegPolicy(SklearnPolicy):
 
     def _estimator(self):
         return LogisticRegression(random_state=self.seed, **self.kwargs)
+
+    def decision_flops(self, hidden: int | None = None, layers: int | None = None) -> float:
+        """StandardScaler (2F), the dot product (2F), the intercept (1), the sigmoid (≈4)."""
+        return 4 * float(len(self.features)) + 5
 
     def _raw_scores(self, X: np.ndarray) -> np.ndarray:
         return self.model.predict_proba(X)[:, 1]

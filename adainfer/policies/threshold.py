@@ -13,5 +13,12 @@ class GapThreshold(ExitPolicy):
     causal = True
     default_threshold = 0.8
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return ("gap",)  # whatever features it was given
+
+    def decision_flops(self, hidden: int | None = None, layers: int | None = None) -> float:
+        return 1.0  # one compare
+
     def scores(self, records: LayerRecords) -> np.ndarray:
         return records.gap

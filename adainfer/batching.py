@@ -1,0 +1,69 @@
+"""How prompts go through the LLM: sorted by length (little padding), right-padded, each batch
+carrying its prompts' indices so results go back in input order. One path for the feature
+extraction (:mod:`adainfer.runner`), the tuned lens's fit (:mod:`adainfer.probes`) and the
+early-exit engine (:mod:`adainfer.engine`), so all three see the same batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+
+def length_order(input_ids: Sequence[Sequence[int]]) -> np.ndarray:
+    """Prompt indices, shortest prompt first (stable: equal lengths keep their order)."""
+    return np.array(sorted(range(len(input_ids)), key=lambda i: len(input_ids[i])), dtype=int)
+
+
+def pad_right(input_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of a batch, right-padded to its longest prompt (see
+    ``models.loading`` for why right padding)."""
+    width = max(len(ids) for ids in input_ids)
+    ids_out = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), width), dtype=torch.long)
+    for row, ids in enumerate(input_ids):
+        ids_out[row, : len(ids)] = torch.tensor(ids)
+        mask[row, : len(ids)] = 1
+    return ids_out, mask
+
+
+def collate(pad_id: int) -> Callable[[list[tuple[int, list[int]]]], dict[str, torch.Tensor]]:
+    """A DataLoader ``collate_fn`` for ``(index, token ids)`` items: :func:`pad_right` plus
+    the indices."""
+
+    def collate_items(items: list[tuple[int, list[int]]]) -> dict[str, torch.Tensor]:
+        input_ids, mask = pad_right([ids for _, ids in items], pad_id)
+        index = torch.tensor([i for i, _ in items])
+        return {"input_ids": input_ids, "attention_mask": mask, "index": index}
+
+    return collate_items
+
+
+def length_sorted_loader(loaded: Any, encoded: Any, batch_size: int) -> DataLoader:
+    """Batches of ``encoded``'s prompts (an :class:`~adainfer.encoding.EncodedPrompts`) in
+    :func:`length_order`, padded with ``loaded``'s pad token (a
+    :class:`~adainfer.models.loading.LoadedModel`); each carries its prompts' indices."""
+    order = length_order(encoded.input_ids)
+    return DataLoader(
+        [(int(i), encoded.input_ids[i]) for i in order],
+        batch_size=batch_size,
+        collate_fn=collate(loaded.tokenizer.pad_token_id),
+    )
+
+
+def probe_trainer(trainer_kwargs: dict[str, Any] | None = None) -> L.Trainer:
+    """A Trainer for inference passes (no logger, no checkpoints); ``trainer.*`` on top."""
+    return L.Trainer(
+        **{
+            "accelerator": "auto",
+            "devices": 1,
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_model_summary": False,
+            **(trainer_kwargs or {}),
+        }
+    )
