@@ -8,7 +8,8 @@ from adainfer import cli
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    return cli.main(cfg)["acc"]
+    """The job's accuracy (what a Hydra sweeper optimises); None for ``stage=extract``."""
+    return cli.main(cfg).get("acc")
 
 
 if __name__ == "__main__":

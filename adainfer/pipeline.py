@@ -1,10 +1,21 @@
-"""The one door from a Hydra config to the library: ``run(cfg)``.
+"""The one door from a Hydra config to the library: ``run(cfg)`` = compose → extract → decide →
+log.
 
-Only this module sees ``DictConfig`` and calls ``instantiate``. Everything that can fail on bad
-input (names, data, model, prompts) is checked before the MLflow run opens, so a mistake costs
-no half-logged run. A suite (``task=qa`` ...) is one parent run with a nested run per task and
-the averages, as the paper's "Avg" columns. Layer records come from the trace store when the
-same setting ran before, so a sweep over classifiers runs the LLM once.
+- *compose* (:func:`compose`): the checked settings, policy, tasks and data
+  (:func:`adainfer.job.load_inputs`), the model (tokenizer and config; weights only when the LLM
+  has to run) and every prompt, tokenized. Everything that can fail on bad input is here,
+  before the MLflow run opens, so a mistake costs no half-logged run.
+- *extract* (:mod:`adainfer.extract`): each task's layer records, from the trace store when the
+  same setting ran before, else one LLM pass per split (stored for the next job).
+- *decide* (:mod:`adainfer.decide`): fit, calibrate and score the policy on those records, on
+  the CPU.
+- *log*: metrics, layer curves, tables and the fitted policy to MLflow.
+
+``stage=extract`` runs compose and extract only (prefill the trace store on a GPU node; no
+MLflow run); ``stage=decide`` reads every trace before its run opens and never loads the
+model's weights (a sweep of policies on a laptop); ``stage=all`` (default) runs everything. A
+suite (``task=qa`` ...) is one parent run with a nested run per task and the averages, as the
+paper's "Avg" columns.
 """
 
 from __future__ import annotations
@@ -13,7 +24,7 @@ import copy
 import logging
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -22,30 +33,31 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from adainfer import costs, timing, tracking
-from adainfer.encoding import EncodedPrompts, check_label_tokens, encode_prompts
+from adainfer import timing, tracking
+from adainfer.decide import Outcome, decide, score
+from adainfer.encoding import EncodedPrompts
 from adainfer.errors import AdaInferError, fail
-from adainfer.evaluate import (
-    ExitResult,
-    agreement_metrics,
-    apply_exits,
-    layer_accuracy,
-    layer_agreement,
+from adainfer.evaluate import layer_accuracy, layer_agreement
+from adainfer.extract import (
+    Extractor,
+    FitSource,
+    TaskPrompts,
+    TraceSet,
+    prepare,
+    prepare_calibration,
 )
-from adainfer.features import LayerRecords
 from adainfer.interrupts import Interrupted, ending_on_signals
 from adainfer.job import JobInputs, build, load_inputs
-from adainfer.models import cache
 from adainfer.models.loading import LoadedModel
 from adainfer.policies.base import ExitPolicy
-from adainfer.probes import LensStore, LogitLens, Probe, TunedLens, fit_tuned_lens
-from adainfer.risk import RiskLimit, calibrate, resplit_check
-from adainfer.runner import extract_records, extract_records_multi
-from adainfer.tasks.base import Splits, Task
-from adainfer.tasks.prompts import build_prompts
+from adainfer.risk import RiskLimit
+from adainfer.runner import extract_records
+from adainfer.tasks.base import Splits
 from adainfer.tasks.suite import Suite
-from adainfer.traces import TraceKey, TraceStore, data_digest
 from adainfer.tradeoff import tradeoff_curve
+
+__all__ = ["AVERAGED", "Job", "Outcome", "compose", "evaluate", "main", "prepare",
+           "prepare_calibration", "run", "score"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -60,110 +72,6 @@ AVERAGED = (
 )
 
 
-@dataclass
-class Outcome:
-    """Everything one task's evaluation computed."""
-
-    metrics: dict[str, float]
-    train: LayerRecords  # the records the policy was fitted on
-    test: LayerRecords
-    result: ExitResult
-    policy: ExitPolicy
-    probe: Probe = field(default_factory=LogitLens)  # what read the layers
-
-
-def _encode(
-    task: Task,
-    examples: list,
-    demos: list,
-    loaded: LoadedModel,
-    shots: int,
-    seed: int,
-    max_length: int | None,
-) -> EncodedPrompts:
-    """``examples`` as prompts with ``shots`` demonstrations drawn from ``demos``, tokenized."""
-    prompts = build_prompts(examples, demos, shots, seed, getattr(task, "template", None))
-    length = min(max_length or loaded.max_length, loaded.max_length)
-    return encode_prompts(loaded.tokenizer, prompts, length)
-
-
-def prepare(
-    task: Task,
-    splits: Splits,
-    loaded: LoadedModel,
-    shots: int,
-    seed: int,
-    max_length: int | None = None,
-) -> tuple[EncodedPrompts, EncodedPrompts]:
-    """Prompts for both splits, tokenized, with their gold tokens (checked before any run)."""
-    labels = getattr(task, "labels", None)
-    if labels:
-        check_label_tokens(loaded.tokenizer, list(labels), task.name)
-    return (
-        _encode(task, splits.train, splits.train, loaded, shots, seed, max_length),
-        _encode(task, splits.test, splits.train, loaded, shots, seed + 1, max_length),
-    )
-
-
-def prepare_calibration(
-    task: Task,
-    splits: Splits,
-    loaded: LoadedModel,
-    shots: int,
-    seed: int,
-    max_length: int | None = None,
-) -> EncodedPrompts:
-    """Prompts of the calibration split (demonstrations from train, as for test)."""
-    return _encode(task, splits.calibration, splits.train, loaded, shots, seed + 2, max_length)
-
-
-def score(
-    policy: ExitPolicy,
-    fit_records: LayerRecords,
-    test_records: LayerRecords,
-    loaded: LoadedModel,
-    probe: Probe | None = None,
-    calibration: LayerRecords | None = None,
-    limit: RiskLimit | None = None,
-    resplits: int = 0,
-    first_layer: int | str | None = None,
-) -> Outcome:
-    """Fit the policy on ``fit_records``, calibrate its threshold on ``calibration`` to the
-    ``limit`` when one is given (:mod:`adainfer.risk`), and score it on ``test_records``.
-    With ``resplits``, also check the guarantee on that many random redraws of the
-    calibration/test partition (:func:`adainfer.risk.resplit_check`). ``first_layer``, when
-    given, replaces the policy's own setting (a layer, or ``"auto"``, which the policy resolves
-    when it is fitted: :func:`~adainfer.policies.base.earliest_settled` on the fit records).
-
-    Besides Eq. 2 (``flops_ratio``), ``honest_flops_ratio`` charges every probe, translator and
-    classifier call the exits imply (:func:`adainfer.costs.trace_flops_ratio`).
-    """
-    probe = probe or LogitLens()
-    if first_layer is not None:
-        policy.first_layer = first_layer
-    policy.fit(fit_records)
-    calibrated = {}
-    if limit is not None and calibration is not None:
-        if policy.deployable:
-            if resplits:  # before calibrating: each split calibrates its own copy
-                calibrated = resplit_check(
-                    policy, fit_records, calibration, test_records, limit, resplits
-                )
-            calibrated |= calibrate(policy, fit_records, calibration, limit).metrics()
-        else:
-            log.warning("%s looks at the answer: risk control leaves it as it is", policy.name)
-    result = apply_exits(test_records, policy.exit_layers(test_records))
-    metrics = result.metrics(test_records, loaded.hidden_size, loaded.vocab_size)
-    metrics["acc_drop"] = metrics["acc_full"] - metrics["acc"]
-    honest = costs.trace_flops_ratio(
-        result.exit_layer, test_records.seq_len, loaded.config, policy, probe
-    )
-    metrics["honest_flops_ratio"] = float(np.mean(honest))
-    metrics["first_layer"] = float(policy.first_layer)  # what first_layer=auto chose
-    metrics |= agreement_metrics(test_records)
-    return Outcome(metrics | calibrated, fit_records, test_records, result, policy, probe)
-
-
 def evaluate(
     loaded: LoadedModel,
     policy: ExitPolicy,
@@ -176,6 +84,148 @@ def evaluate(
     train_records = extract_records(loaded, train, batch_size, trainer_kwargs)
     test_records = extract_records(loaded, test, batch_size, trainer_kwargs)
     return score(policy, train_records, test_records, loaded)
+
+
+# --- compose ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """A composed job: its config, inputs, models, every task's prompts and the trace source."""
+
+    cfg: DictConfig
+    inputs: JobInputs
+    model: LoadedModel
+    fit_model: LoadedModel | None  # fit.model, when the policy learns from another model
+    prompts: dict[str, TaskPrompts]
+    extractor: Extractor
+    limit: RiskLimit | None
+
+    @property
+    def policy(self) -> ExitPolicy:
+        return self.inputs.policy
+
+    @property
+    def stage(self) -> str:
+        return self.cfg.stage
+
+
+def _extractor(cfg: DictConfig) -> Extractor:
+    settings = {
+        "shots": cfg.shots,
+        "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
+        "trainer": dict(cfg.trainer),
+        "precision": cfg.trainer.precision,
+        "probe": {"name": cfg.probe.name, "ridge": cfg.probe.get("ridge")},
+        "traces_dir": cfg.traces.dir,
+        "traces_enabled": cfg.traces.enabled,
+    }
+    return Extractor(settings, compute=cfg.stage != "decide")
+
+
+def _task_prompts(cfg: DictConfig, job_inputs: JobInputs, model, fit_model, limit) -> dict:
+    """Every member task's prompts for ``model`` (and ``fit_model``), tokenized."""
+    splits, fit_splits = job_inputs.splits, job_inputs.fit_splits
+    other = fit_model or model
+    shots, seed, length = cfg.shots, cfg.seed, cfg.context_length
+
+    def train_only(task, split, loaded) -> EncodedPrompts:
+        return prepare(task, Splits(split.train, []), loaded, shots, seed, length)[0]
+
+    # Where the exit classifier's training pairs come from (generalization study, Table 6).
+    sources = [
+        FitSource(t.name, train_only(t, fit_splits[t.name], other), other_model=True)
+        for t in job_inputs.fit_tasks.values()
+    ]
+    # stage=extract stores a calibration trace whenever the task holds calibration instances,
+    # so a later stage=decide with risk.epsilon finds it.
+    with_calibration = limit is not None or cfg.stage == "extract"
+    out = {}
+    for name, member in job_inputs.members.items():
+        train, test = prepare(member, splits[name], model, shots, seed, length)
+        calibration = None
+        if with_calibration and splits[name].calibration:
+            calibration = prepare_calibration(member, splits[name], model, shots, seed, length)
+        own_other = train_only(member, splits[name], fit_model) if fit_model else None
+        if sources:
+            fit = sources + ([FitSource(name, train)] if cfg.fit.include_own else [])
+        elif fit_model:
+            fit = [FitSource(name, own_other, other_model=True)]
+        else:
+            fit = [FitSource(name, train)]
+        out[name] = TaskPrompts(name, train, test, calibration, fit, lens_train=own_other)
+    return out
+
+
+def compose(cfg: DictConfig, inputs: JobInputs | None = None) -> Job:
+    """Check and build everything the job needs, before any run opens; load no weights."""
+    inputs = inputs or load_inputs(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    limit = RiskLimit(cfg.risk.epsilon, cfg.risk.delta) if cfg.risk.epsilon is not None else None
+    model_spec = build(cfg.model, "model")
+    fit_spec = build(cfg.fit.model, "fit.model") if cfg.fit.model else None
+    if cfg.stage != "extract":  # no run to log into: the store is not needed
+        tracking.open_store(
+            cfg.mlflow.tracking_uri, cfg.mlflow.experiment, cfg.mlflow.stale_after_s
+        )
+    model = model_spec.load()
+    fit_model = fit_spec.load() if fit_spec else None
+    if cfg.stage == "decide":
+        for loaded in (model, fit_model):
+            if loaded is not None:
+                loaded.forbid_weights("stage=decide reads stored traces and loads no model")
+    prompts = _task_prompts(cfg, inputs, model, fit_model, limit)
+    return Job(cfg, inputs, model, fit_model, prompts, _extractor(cfg), limit)
+
+
+def extract(job: Job, task: str) -> TraceSet:
+    """One task's layer records (stored, or computed and stored): stage one."""
+    return job.extractor.extract(job.model, job.prompts[task], job.fit_model)
+
+
+# --- log -------------------------------------------------------------------------------------
+
+
+def _params(job: Job) -> dict:
+    cfg, model, policy = job.cfg, job.model, job.policy
+    fit_tasks = job.inputs.fit_tasks
+    return {
+        "model": model.name,
+        "task": job.inputs.task.name,
+        "shots": cfg.shots,
+        "classifier": policy.name,
+        "feature_set": cfg.feature_set,
+        "seed": cfg.seed,
+        "num_layers": model.num_layers,
+        "hidden_size": model.hidden_size,
+        "vocab_size": model.vocab_size,
+        "batch_size": cfg.batch_size,
+        "engine": bool(cfg.engine),
+        "model_identity": model.identity[:250],
+        "fit_tasks": ",".join(t.name for t in fit_tasks.values()) or "own",
+        "fit_model": (job.fit_model or model).name,
+        "fit_include_own": bool(cfg.fit.include_own),
+        "probe": cfg.probe.name,
+        "probe_ridge": cfg.probe.get("ridge"),
+        "probe_first_layer": policy.first_layer_setting,  # classifier.first_layer, or its alias
+        "risk_epsilon": cfg.risk.epsilon,
+        "risk_delta": cfg.risk.delta if job.limit is not None else None,
+        "risk_resplits": cfg.risk.resplits if job.limit is not None else None,
+    }
+
+
+def _sizes(job: Job, name: str) -> dict[str, int]:
+    prompts, member = job.prompts[name], job.inputs.members[name]
+    n_cal = len(prompts.calibration.input_ids) if job.limit and prompts.calibration else 0
+    # what the task asked for (None: all); the counts: what it got
+    requested = {f"{k}_requested": getattr(member, k, None) for k in ("n_train", "n_test")}
+    requested["n_calibration_requested"] = getattr(member, "n_calibration", 0)
+    return {
+        "n_train": len(prompts.train.input_ids),
+        "n_test": len(prompts.test.input_ids),
+        "n_calibration": n_cal,
+    } | requested
 
 
 def _tables(outcome: Outcome) -> dict[str, pd.DataFrame]:
@@ -205,95 +255,6 @@ def _sweep_tags() -> dict[str, str]:
     return tags
 
 
-class _Records:
-    """Layer records of (model, task, split, probe): from the trace store, else one LLM pass;
-    tuned lenses likewise from their cache, else fitted on the train prompts."""
-
-    def __init__(self, cfg: DictConfig) -> None:
-        self.cfg = cfg
-        self.trainer_kwargs = {k: v for k, v in cfg.trainer.items() if v is not None}
-        root = cfg.traces.dir or cache.cache_root() / "traces"
-        self.store = TraceStore(Path(root)) if cfg.traces.enabled else None
-        self.lenses = LensStore(Path(root).parent / "probes") if self.store else None
-        # Checked before any LLM pass: an unwritable cache is read, not written (README,
-        # "Layer traces"), instead of failing after the pass and losing its records.
-        self.tags: dict[str, str] = {}
-        lenses = self.lenses if cfg.probe.name == "tuned" else None
-        for store in (s for s in (self.store, lenses) if s is not None):
-            problem = store.check_writable()
-            if problem:
-                self.tags["trace_store"] = "read-only"
-                log.warning(
-                    "cache folder %s is not writable (%s): this run reads what it holds but "
-                    "stores nothing new. Fix: pass traces.dir=A_WRITABLE_FOLDER, or "
-                    "traces.enabled=false, or make %s writable",
-                    store.root,
-                    problem,
-                    store.root,
-                )
-
-    def _precision(self, loaded: LoadedModel) -> str:
-        return f"{loaded.dtype}|{self.cfg.trainer.precision}"
-
-    def __call__(
-        self,
-        loaded: LoadedModel,
-        task: str,
-        split: str,
-        encoded: EncodedPrompts,
-        probe: Probe | None = None,
-    ) -> LayerRecords:
-        probe = probe or LogitLens()
-
-        def key(probe: Probe) -> TraceKey:
-            return TraceKey(
-                model=loaded.name,
-                model_identity=loaded.identity,
-                task=task,
-                split=split,
-                shots=self.cfg.shots,
-                seed=self.cfg.seed,
-                instances=len(encoded.input_ids),
-                data=data_digest(encoded),
-                precision=self._precision(loaded),
-                probe=probe.fingerprint,
-            )
-
-        def compute() -> LayerRecords:
-            # A tuned-lens pass also stores the logit-lens trace: the comparison run is free.
-            extra = self.store is not None and not isinstance(probe, LogitLens)
-            probes = [probe, LogitLens()] if extra else [probe]
-            bs = self.cfg.batch_size
-            records = extract_records_multi(loaded, encoded, bs, self.trainer_kwargs, probes)
-            if extra:
-                self.store.put(key(probes[1]), records[1])
-            return records[0]
-
-        if self.store is None:
-            return compute()
-        return self.store.get_or_compute(key(probe), compute)
-
-    def probe(self, loaded: LoadedModel, train: EncodedPrompts) -> Probe:
-        """The configured probe for ``loaded``; a tuned lens is fitted on ``train``."""
-        if self.cfg.probe.name == "logit_lens":
-            return LogitLens()
-        ridge = float(self.cfg.probe.ridge)
-
-        def fit() -> TunedLens:
-            bs = self.cfg.batch_size
-            return fit_tuned_lens(loaded, train, bs, ridge, self.trainer_kwargs)
-
-        if self.lenses is None:
-            return fit()
-        key = {
-            "model_identity": loaded.identity,
-            "data": data_digest(train),
-            "ridge": ridge,
-            "precision": self._precision(loaded),
-        }
-        return self.lenses.get_or_fit(key, fit)
-
-
 def _log_outcome(outcome: Outcome, loaded: LoadedModel, config_yaml: str) -> None:
     tracking.log_metrics(outcome.metrics)
     tracking.log_layer_curve("acc_layer", layer_accuracy(outcome.test))
@@ -314,151 +275,78 @@ def _log_outcome(outcome: Outcome, loaded: LoadedModel, config_yaml: str) -> Non
         tracking.log_folder(Path(tmp) / "policy", "policy")
 
 
+# --- run -------------------------------------------------------------------------------------
+
+
+def _engine_metrics(job: Job, traces: TraceSet, outcome: Outcome) -> dict[str, float]:
+    """The fitted policy run online by the engine over the test prompts (``engine=true``)."""
+    test = job.prompts[traces.task].test
+    return timing.engine_metrics(
+        job.model,
+        outcome.policy,
+        test.input_ids,
+        job.cfg.batch_size,
+        trace_exits=outcome.result.exit_layer,
+        gold=test.gold,
+        probe=traces.probe,
+    )
+
+
+def _extract_only(job: Job) -> dict[str, float]:
+    """``stage=extract``: store every trace the job's decision stage will read; no MLflow run."""
+    for name in job.prompts:
+        traces = extract(job, name)
+        how = "computed" if traces.computed else "already stored"
+        log.info(
+            "%s/%s: traces %s in %s (%d fit, %d test, %s calibration instances)",
+            job.model.name,
+            name,
+            how,
+            job.extractor.store.root,
+            traces.fit.num_instances,
+            traces.test.num_instances,
+            traces.calibration.num_instances if traces.calibration is not None else "no",
+        )
+    return {}
+
+
 def run(cfg: DictConfig, inputs: JobInputs | None = None) -> dict[str, float]:
     """Run one AdaInfer job (a task or a suite) described by ``cfg``; track it in MLflow.
 
     ``inputs`` are the job's checked settings, tasks and data (:func:`adainfer.job.load_inputs`,
     which ``run.py`` calls before this module is imported); loaded here when not given.
     """
-    inputs = inputs or load_inputs(cfg)
-    policy, task, members, splits = inputs.policy, inputs.task, inputs.members, inputs.splits
-    fit_tasks, fit_splits = inputs.fit_tasks, inputs.fit_splits
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model_spec = build(cfg.model, "model")
-    limit = RiskLimit(cfg.risk.epsilon, cfg.risk.delta) if cfg.risk.epsilon is not None else None
-    fit_spec = build(cfg.fit.model, "fit.model") if cfg.fit.model else None
-
-    tracking.open_store(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, cfg.mlflow.stale_after_s)
-    loaded = model_spec.load()
-    fit_loaded = fit_spec.load() if fit_spec else loaded
-
-    def encode(member: Task, split: Splits, model: LoadedModel):
-        return prepare(member, split, model, cfg.shots, cfg.seed, cfg.context_length)
-
-    prepared = {name: encode(member, splits[name], loaded) for name, member in members.items()}
-    calibration = {}
-    if limit is not None:
-        calibration = {
-            name: prepare_calibration(
-                member, splits[name], loaded, cfg.shots, cfg.seed, cfg.context_length
-            )
-            for name, member in members.items()
-        }
-
-    # Where the exit classifier's training pairs come from (generalization study, Table 6).
-    def encode_train(member: Task, split: Splits, model: LoadedModel) -> EncodedPrompts:
-        return encode(member, Splits(split.train, []), model)[0]  # test prompts not needed
-
-    fit_sources = [
-        (t.name, encode_train(t, fit_splits[t.name], fit_loaded)) for t in fit_tasks.values()
-    ]
-    fit_own = {}  # inter-model: each task's own train split, prompted for the other model
-    if fit_spec:
-        fit_own = {name: encode_train(m, splits[name], fit_loaded) for name, m in members.items()}
-
-    params = {
-        "model": model_spec.name,
-        "task": task.name,
-        "shots": cfg.shots,
-        "classifier": policy.name,
-        "feature_set": cfg.feature_set,
-        "seed": cfg.seed,
-        "num_layers": loaded.num_layers,
-        "hidden_size": loaded.hidden_size,
-        "vocab_size": loaded.vocab_size,
-        "batch_size": cfg.batch_size,
-        "engine": bool(cfg.engine),
-        "model_identity": loaded.identity[:250],
-        "fit_tasks": ",".join(t.name for t in fit_tasks.values()) or "own",
-        "fit_model": fit_loaded.name,
-        "fit_include_own": bool(cfg.fit.include_own),
-        "probe": cfg.probe.name,
-        "probe_ridge": cfg.probe.get("ridge"),
-        "probe_first_layer": policy.first_layer_setting,  # classifier.first_layer, or its alias
-        "risk_epsilon": cfg.risk.epsilon,
-        "risk_delta": cfg.risk.delta if limit is not None else None,
-        "risk_resplits": cfg.risk.resplits if limit is not None else None,
-    }
-    records = _Records(cfg)
+    job = compose(cfg, inputs)
+    if job.stage == "extract":
+        return _extract_only(job)
+    # stage=decide reads every trace now, so a missing one is an error before any run opens.
+    ready = {name: extract(job, name) for name in job.prompts} if job.stage == "decide" else {}
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    run_name = f"{model_spec.name}/{task.name}/{cfg.shots}shot/{policy.name}"
-    tags = _sweep_tags() | records.tags
-    uri = cfg.mlflow.tracking_uri
-
-    def fit_records(name: str, probe: Probe, fit_probe: Probe) -> LayerRecords:
-        """Where the training pairs come from; each model is read through its own probe."""
-        if fit_tasks:
-            parts = [records(fit_loaded, t, "train", enc, fit_probe) for t, enc in fit_sources]
-            if cfg.fit.include_own:
-                parts.append(records(loaded, name, "train", prepared[name][0], probe))
-            return LayerRecords.concat(parts) if len(parts) > 1 else parts[0]
-        if fit_spec:
-            return records(fit_loaded, name, "train", fit_own[name], fit_probe)
-        return records(loaded, name, "train", prepared[name][0], probe)
 
     def one(name: str) -> dict[str, float]:
-        train, test = prepared[name]
-        misses = records.store.misses if records.store else 0
-        # A tuned lens is fitted per model on its own train prompts of this task.
-        probe = records.probe(loaded, train)
-        fit_probe = records.probe(fit_loaded, fit_own[name]) if fit_spec else probe
-        outcome = score(
-            copy.deepcopy(policy),  # each task fits its own classifier
-            fit_records(name, probe, fit_probe),
-            records(loaded, name, "test", test, probe),
-            loaded,
-            probe,
-            records(loaded, name, "calibration", calibration[name], probe) if limit else None,
-            limit,
-            cfg.risk.resplits,
-        )
+        traces = ready.get(name) or extract(job, name)
+        outcome = decide(traces, copy.deepcopy(job.policy), job.limit, cfg.risk.resplits)
         if cfg.engine:
-            outcome.metrics |= timing.engine_metrics(
-                loaded,
-                outcome.policy,
-                test.input_ids,
-                cfg.batch_size,
-                trace_exits=outcome.result.exit_layer,
-                gold=test.gold,
-                probe=probe,
-            )
-        outcome.metrics["prompts_truncated"] = float(train.truncated + test.truncated)
-        outcome.metrics["demos_dropped"] = float(train.dropped_demos + test.dropped_demos)
-        outcome.metrics["answers_space_prefixed"] = float(
-            train.space_prefixed + test.space_prefixed
-        )
-        ran = records.store is None or records.store.misses > misses
-        tracking.set_tags({"llm_forward": "computed" if ran else "trace_store"})
-        _log_outcome(outcome, loaded, config_yaml)
+            outcome.metrics |= _engine_metrics(job, traces, outcome)
+        tracking.set_tags({"llm_forward": "computed" if traces.computed else "trace_store"})
+        _log_outcome(outcome, job.model, config_yaml)
         log.info("%s [%s]: %s", run_name, name, outcome.metrics)
         return outcome.metrics
 
-    def sizes(name: str) -> dict[str, int]:
-        train, test = prepared[name]
-        n_cal = len(calibration[name].input_ids) if limit else 0
-        member = members[name]  # what the task asked for (None: all); the counts above: got
-        requested = {f"{k}_requested": getattr(member, k, None) for k in ("n_train", "n_test")}
-        requested["n_calibration_requested"] = getattr(member, "n_calibration", 0)
-        return {
-            "n_train": len(train.input_ids),
-            "n_test": len(test.input_ids),
-            "n_calibration": n_cal,
-        } | requested
-
+    task = job.inputs.task
+    params = _params(job)
+    run_name = f"{job.model.name}/{task.name}/{cfg.shots}shot/{job.policy.name}"
+    tags = _sweep_tags() | job.extractor.tags | {"adainfer.stage": job.stage}
+    experiment, uri = cfg.mlflow.experiment, cfg.mlflow.tracking_uri
     if not isinstance(task, Suite):
-        with tracking.tracked_run(
-            cfg.mlflow.experiment, run_name, params | sizes(task.name), tags, uri
-        ):
+        with tracking.tracked_run(experiment, run_name, params | _sizes(job, task.name), tags, uri):
             return one(task.name)
-    with tracking.tracked_run(
-        cfg.mlflow.experiment, run_name, params | {"suite_tasks": ",".join(members)}, tags, uri
-    ):
+    suite_params = params | {"suite_tasks": ",".join(job.prompts)}
+    with tracking.tracked_run(experiment, run_name, suite_params, tags, uri):
         per_task = {}
-        for name in members:
-            child_params = params | sizes(name) | {"task": name, "suite": task.name}
-            with tracking.tracked_run(
-                cfg.mlflow.experiment, f"{run_name}/{name}", child_params, tags, uri, nested=True
-            ):
+        for name in job.prompts:
+            child = params | _sizes(job, name) | {"task": name, "suite": task.name}
+            with tracking.tracked_run(experiment, f"{run_name}/{name}", child, tags, uri, True):
                 per_task[name] = one(name)
         summary = {f"{name}/{k}": v for name, m in per_task.items() for k, v in m.items()}
         summary |= {key: float(np.mean([m[key] for m in per_task.values()])) for key in AVERAGED}

@@ -69,6 +69,7 @@ class RunSchema:
     task: Any = MISSING
     classifier: Any = MISSING
     probe: Any = MISSING
+    stage: Any = MISSING
     shots: Any = MISSING
     seed: Any = MISSING
     batch_size: Any = MISSING

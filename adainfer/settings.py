@@ -29,6 +29,7 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "all": RECORDED,
 }
 PROBES = ("logit_lens", "tuned")
+STAGES = ("all", "extract", "decide")  # adainfer.pipeline
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ COUNT = Rule(_int(1), "a whole number >= 1", "200", optional=True)
 
 # Keys of the job config (conf/config.yaml and the group it comes from).
 RUN: dict[str, Rule] = {
+    "stage": Rule(_one_of(STAGES), f"one of {list(STAGES)}", "decide", unknown="stage"),
     "shots": Rule(_int(0), "a whole number >= 0", "5"),
     "seed": Rule(_int(), "a whole number", "0"),
     "batch_size": Rule(_int(1), "a whole number >= 1", "8"),
@@ -184,6 +186,27 @@ def check_settings(cfg: DictConfig) -> list[str]:
                 f"(e.g. {prefix}tasks=[antonym,capitalize])"
             )
     problems += _problems(plain.get("classifier") or {}, CLASSIFIER, "classifier.")
+    return problems + _stage_problems(plain)
+
+
+def _stage_problems(plain: dict) -> list[str]:
+    """Settings that a stage cannot honour."""
+    stage, problems = plain.get("stage"), []
+    if stage in ("extract", "decide") and not (plain.get("traces") or {}).get("enabled", True):
+        problems.append(
+            f"stage={stage} with traces.enabled=false: the two stages meet in the trace store "
+            "(e.g. traces.enabled=true, or stage=all)"
+        )
+    if stage == "decide" and plain.get("engine"):
+        problems.append(
+            "stage=decide with engine=true: the engine runs the model, which stage=decide never "
+            "loads (e.g. engine=false, or stage=all)"
+        )
+    if stage == "extract" and plain.get("engine"):
+        problems.append(
+            "stage=extract with engine=true: the engine runs a fitted policy, and stage=extract "
+            "fits none (e.g. engine=false, or stage=all)"
+        )
     return problems
 
 

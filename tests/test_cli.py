@@ -10,7 +10,7 @@ import mlflow
 import pytest
 from conftest import REPO
 
-from adainfer import pipeline
+from adainfer import extract, pipeline
 from adainfer.errors import AdaInferError
 
 
@@ -139,7 +139,7 @@ def test_failure_inside_a_run_is_not_left_running(tmp_path, tracking_uri, monkey
     def boom(*args, **kwargs):
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(pipeline, "extract_records_multi", boom)  # the LLM pass of a run
+    monkeypatch.setattr(extract, "extract_records_multi", boom)  # the LLM pass of a run
     cfg = compose_cfg(
         [
             "model=tiny_llama",

@@ -25,7 +25,8 @@ OPTIONS = [
 # What changed on purpose since the snapshot: svm and crf show the threshold every policy takes
 # (null = the policy's own rule, as before), so classifier.threshold=... needs no "+"; hub models
 # name their family (model_type), checked against a model.path folder; every classifier shows its
-# first_layer (1 = every layer, as before; probe.first_layer is its deprecated alias).
+# first_layer (1 = every layer, as before; probe.first_layer is its deprecated alias); the job
+# config names its stage (all = extract, decide and log, as before).
 THRESHOLD_SHOWN = ("adainfer.policies.SVMPolicy", "adainfer.policies.CRFPolicy")
 FAMILY = {"llama2_7b": "llama", "llama2_13b": "llama", "llama2_70b": "llama", "opt_13b": "opt"}
 
@@ -45,6 +46,7 @@ def test_each_option_composes_as_before_the_schemas(override):
     if expected["classifier"]["_target_"] in THRESHOLD_SHOWN:
         expected["classifier"]["threshold"] = None
     expected["classifier"]["first_layer"] = 1
+    expected["stage"] = "all"
     if expected["model"]["name"] in FAMILY:
         expected["model"]["model_type"] = FAMILY[expected["model"]["name"]]
     assert composed(override) == expected

@@ -70,6 +70,18 @@ class LoadedModel:
     def weights_loaded(self) -> bool:
         return self._model is not None
 
+    def forbid_weights(self, why: str) -> None:
+        """From now on, asking for the weights is an error saying ``why`` (``stage=decide``:
+        the tokenizer and config are all that reading stored traces needs)."""
+
+        def refuse() -> Any:
+            raise AdaInferError(
+                f"{self.name}: the model's weights were asked for, but {why}",
+                "run this job with stage=all (or extract its traces with stage=extract first)",
+            )
+
+        self._weights = refuse
+
     @property
     def parts(self) -> DecoderParts:
         return decoder_parts(self.model)

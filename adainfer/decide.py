@@ -1,0 +1,108 @@
+"""Stage two, *decide*: fit, calibrate and score an exit policy on layer records, on the CPU.
+
+Nothing here runs or loads the LLM: :func:`decide` reads a :class:`~adainfer.extract.TraceSet`
+(records, the probe that read them, the model's dimensions) and returns an :class:`Outcome`,
+the metrics a run logs and what made them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from adainfer import costs
+from adainfer.evaluate import ExitResult, agreement_metrics, apply_exits
+from adainfer.extract import TraceSet
+from adainfer.features import LayerRecords
+from adainfer.policies.base import ExitPolicy
+from adainfer.probes import LogitLens, Probe
+from adainfer.risk import RiskLimit, calibrate, resplit_check
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """Everything one task's evaluation computed."""
+
+    metrics: dict[str, float]
+    train: LayerRecords  # the records the policy was fitted on
+    test: LayerRecords
+    result: ExitResult
+    policy: ExitPolicy
+    probe: Probe = field(default_factory=LogitLens)  # what read the layers
+
+
+def score(
+    policy: ExitPolicy,
+    fit_records: LayerRecords,
+    test_records: LayerRecords,
+    loaded: Any,
+    probe: Probe | None = None,
+    calibration: LayerRecords | None = None,
+    limit: RiskLimit | None = None,
+    resplits: int = 0,
+    first_layer: int | str | None = None,
+) -> Outcome:
+    """Fit the policy on ``fit_records``, calibrate its threshold on ``calibration`` to the
+    ``limit`` when one is given (:mod:`adainfer.risk`), and score it on ``test_records``.
+    With ``resplits``, also check the guarantee on that many random redraws of the
+    calibration/test partition (:func:`adainfer.risk.resplit_check`). ``first_layer``, when
+    given, replaces the policy's own setting (a layer, or ``"auto"``, which the policy resolves
+    when it is fitted: :func:`~adainfer.policies.base.earliest_settled` on the fit records).
+    ``loaded`` gives the model's dimensions (``hidden_size``, ``vocab_size``, ``config``).
+
+    Besides Eq. 2 (``flops_ratio``), ``honest_flops_ratio`` charges every probe, translator and
+    classifier call the exits imply (:func:`adainfer.costs.trace_flops_ratio`).
+    """
+    probe = probe or LogitLens()
+    if first_layer is not None:
+        policy.first_layer = first_layer
+    policy.fit(fit_records)
+    calibrated = {}
+    if limit is not None and calibration is not None:
+        if policy.deployable:
+            if resplits:  # before calibrating: each split calibrates its own copy
+                calibrated = resplit_check(
+                    policy, fit_records, calibration, test_records, limit, resplits
+                )
+            calibrated |= calibrate(policy, fit_records, calibration, limit).metrics()
+        else:
+            log.warning("%s looks at the answer: risk control leaves it as it is", policy.name)
+    result = apply_exits(test_records, policy.exit_layers(test_records))
+    metrics = result.metrics(test_records, loaded.hidden_size, loaded.vocab_size)
+    metrics["acc_drop"] = metrics["acc_full"] - metrics["acc"]
+    honest = costs.trace_flops_ratio(
+        result.exit_layer, test_records.seq_len, loaded.config, policy, probe
+    )
+    metrics["honest_flops_ratio"] = float(np.mean(honest))
+    metrics["first_layer"] = float(policy.first_layer)  # what first_layer=auto chose
+    metrics |= agreement_metrics(test_records)
+    return Outcome(metrics | calibrated, fit_records, test_records, result, policy, probe)
+
+
+def decide(
+    traces: TraceSet,
+    policy: ExitPolicy,
+    limit: RiskLimit | None = None,
+    resplits: int = 0,
+) -> Outcome:
+    """Fit ``policy`` on the trace set's fit records, calibrate it to ``limit`` on its
+    calibration records when both are given, score it on its test records; the metrics include
+    what prompt building did (truncations, dropped demonstrations)."""
+    calibration = traces.calibration if limit is not None else None
+    outcome = score(
+        policy,
+        traces.fit,
+        traces.test,
+        traces.model,
+        traces.probe,
+        calibration,
+        limit,
+        resplits,
+    )
+    outcome.metrics |= traces.stats
+    return outcome

@@ -1,0 +1,282 @@
+"""Stage one, *extract*: run the LLM over a task's prompts and keep what each layer read.
+
+A :class:`TraceSet` is everything one task's decision stage reads: the layer records of the
+prompts the policy is fitted on, of the test prompts and (when asked) of the calibration
+prompts, the probe that read them and the model's dimensions. :class:`Extractor` builds it from
+the trace store when the same setting ran before, else with one LLM pass per split
+(:mod:`adainfer.runner`) and stores it, so each trace is computed once per key. With
+``compute=False`` (``stage=decide``) it only reads: a trace that is not stored is an error that
+names the fix, and the model's weights are never loaded.
+
+The prompts come first (:class:`TaskPrompts`, :func:`encode_task`): they are built and tokenized
+before any run opens, so a prompt problem costs no half-logged run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adainfer.encoding import EncodedPrompts, check_label_tokens, encode_prompts
+from adainfer.errors import AdaInferError
+from adainfer.features import LayerRecords
+from adainfer.models import cache
+from adainfer.models.loading import LoadedModel
+from adainfer.probes import LensStore, LogitLens, Probe, TunedLens, fit_tuned_lens
+from adainfer.runner import extract_records_multi
+from adainfer.tasks.base import Splits, Task
+from adainfer.tasks.prompts import build_prompts
+from adainfer.traces import TraceKey, TraceStore, data_digest
+
+log = logging.getLogger(__name__)
+
+
+# --- prompts ---------------------------------------------------------------------------------
+
+
+def _encode(
+    task: Task,
+    examples: list,
+    demos: list,
+    loaded: LoadedModel,
+    shots: int,
+    seed: int,
+    max_length: int | None,
+) -> EncodedPrompts:
+    """``examples`` as prompts with ``shots`` demonstrations drawn from ``demos``, tokenized."""
+    prompts = build_prompts(examples, demos, shots, seed, getattr(task, "template", None))
+    length = min(max_length or loaded.max_length, loaded.max_length)
+    return encode_prompts(loaded.tokenizer, prompts, length)
+
+
+def prepare(
+    task: Task,
+    splits: Splits,
+    loaded: LoadedModel,
+    shots: int,
+    seed: int,
+    max_length: int | None = None,
+) -> tuple[EncodedPrompts, EncodedPrompts]:
+    """Prompts for both splits, tokenized, with their gold tokens (checked before any run)."""
+    labels = getattr(task, "labels", None)
+    if labels:
+        check_label_tokens(loaded.tokenizer, list(labels), task.name)
+    return (
+        _encode(task, splits.train, splits.train, loaded, shots, seed, max_length),
+        _encode(task, splits.test, splits.train, loaded, shots, seed + 1, max_length),
+    )
+
+
+def prepare_calibration(
+    task: Task,
+    splits: Splits,
+    loaded: LoadedModel,
+    shots: int,
+    seed: int,
+    max_length: int | None = None,
+) -> EncodedPrompts:
+    """Prompts of the calibration split (demonstrations from train, as for test)."""
+    return _encode(task, splits.calibration, splits.train, loaded, shots, seed + 2, max_length)
+
+
+@dataclass
+class FitSource:
+    """Train prompts the policy is fitted on: of ``task``, for ``model`` (the evaluated model,
+    or ``fit.model``), read through that model's probe."""
+
+    task: str
+    prompts: EncodedPrompts
+    other_model: bool = False
+
+
+@dataclass
+class TaskPrompts:
+    """One task's tokenized prompts: train and test, calibration when it is needed, and where the
+    policy's training pairs come from (its own train prompts, or ``fit.tasks`` / ``fit.model``).
+    ``lens_train`` are the train prompts a tuned lens of ``fit.model`` is fitted on."""
+
+    task: str
+    train: EncodedPrompts
+    test: EncodedPrompts
+    calibration: EncodedPrompts | None
+    fit: list[FitSource]
+    lens_train: EncodedPrompts | None = None  # fit.model's tuned lens: this task, that model
+
+    def stats(self) -> dict[str, float]:
+        """What prompt building had to do, logged with every run."""
+        parts = (self.train, self.test)
+        return {
+            "prompts_truncated": float(sum(p.truncated for p in parts)),
+            "demos_dropped": float(sum(p.dropped_demos for p in parts)),
+            "answers_space_prefixed": float(sum(p.space_prefixed for p in parts)),
+        }
+
+
+# --- traces ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TraceSet:
+    """One task's layer records under one model, prompt setting and probe: what *decide* reads.
+
+    ``model`` gives the dimensions the costs need (its weights are not loaded to read traces);
+    ``computed`` says whether the LLM ran to make any of it (else: all from the trace store).
+    """
+
+    task: str
+    fit: LayerRecords
+    test: LayerRecords
+    calibration: LayerRecords | None
+    probe: Probe
+    model: LoadedModel
+    stats: dict[str, float] = field(default_factory=dict)
+    computed: bool = False
+
+
+class NotExtracted(AdaInferError):
+    """``stage=decide`` needs a trace (or tuned lens) that no extraction stored."""
+
+
+class Extractor:
+    """Layer records of (model, task, split, probe) from the trace store, else one LLM pass;
+    tuned lenses likewise from their cache, else fitted on the train prompts.
+
+    ``settings`` is the job's: ``shots``, ``seed``, ``batch_size``, ``trainer`` (Lightning
+    kwargs), ``precision`` (the trainer's), ``probe`` (its config: ``name``, ``ridge``),
+    ``traces_dir`` and ``traces_enabled``. ``compute=False`` reads and never runs the LLM.
+    """
+
+    def __init__(self, settings: dict[str, Any], compute: bool = True) -> None:
+        self.settings = settings
+        self.compute = compute
+        self.trainer_kwargs = {k: v for k, v in settings["trainer"].items() if v is not None}
+        root = Path(settings["traces_dir"] or cache.cache_root() / "traces")
+        self.store = TraceStore(root) if settings["traces_enabled"] else None
+        self.lenses = LensStore(root.parent / "probes") if self.store else None
+        # Checked before any LLM pass: an unwritable cache is read, not written (README,
+        # "Layer traces"), instead of failing after the pass and losing its records.
+        self.tags: dict[str, str] = {}
+        lenses = self.lenses if settings["probe"]["name"] == "tuned" else None
+        for store in (s for s in (self.store, lenses) if s is not None):
+            problem = store.check_writable()
+            if problem:
+                self.tags["trace_store"] = "read-only"
+                log.warning(
+                    "cache folder %s is not writable (%s): this run reads what it holds but "
+                    "stores nothing new. Fix: pass traces.dir=A_WRITABLE_FOLDER, or "
+                    "traces.enabled=false, or make %s writable",
+                    store.root,
+                    problem,
+                    store.root,
+                )
+
+    def _precision(self, loaded: LoadedModel) -> str:
+        return f"{loaded.dtype}|{self.settings['precision']}"
+
+    def _missing(self, what: str) -> NotExtracted:
+        root = self.store.root if self.store else "(traces.enabled=false)"
+        return NotExtracted(
+            f"stage=decide found no stored {what} in {root}",
+            "extract it first: the same job with stage=extract (same model, task, sizes, "
+            "shots, seed, probe and traces.dir), or run it whole with stage=all",
+        )
+
+    def records(
+        self,
+        loaded: LoadedModel,
+        task: str,
+        split: str,
+        encoded: EncodedPrompts,
+        probe: Probe | None = None,
+    ) -> LayerRecords:
+        probe = probe or LogitLens()
+
+        def key(probe: Probe) -> TraceKey:
+            return TraceKey(
+                model=loaded.name,
+                model_identity=loaded.identity,
+                task=task,
+                split=split,
+                shots=self.settings["shots"],
+                seed=self.settings["seed"],
+                instances=len(encoded.input_ids),
+                data=data_digest(encoded),
+                precision=self._precision(loaded),
+                probe=probe.fingerprint,
+            )
+
+        def compute() -> LayerRecords:
+            if not self.compute:
+                raise self._missing(f"trace of {loaded.name} {task}/{split} ({probe.name} probe)")
+            # A tuned-lens pass also stores the logit-lens trace: the comparison run is free.
+            extra = self.store is not None and not isinstance(probe, LogitLens)
+            probes = [probe, LogitLens()] if extra else [probe]
+            bs = self.settings["batch_size"]
+            records = extract_records_multi(loaded, encoded, bs, self.trainer_kwargs, probes)
+            if extra:
+                self.store.put(key(probes[1]), records[1])
+            return records[0]
+
+        if self.store is None:
+            return compute()
+        return self.store.get_or_compute(key(probe), compute)
+
+    def probe(self, loaded: LoadedModel, train: EncodedPrompts) -> Probe:
+        """The configured probe for ``loaded``; a tuned lens is fitted on ``train``."""
+        if self.settings["probe"]["name"] == "logit_lens":
+            return LogitLens()
+        ridge = float(self.settings["probe"]["ridge"])
+
+        def fit() -> TunedLens:
+            if not self.compute:
+                raise self._missing(f"tuned lens of {loaded.name} (ridge {ridge})")
+            bs = self.settings["batch_size"]
+            return fit_tuned_lens(loaded, train, bs, ridge, self.trainer_kwargs)
+
+        if self.lenses is None:
+            return fit()
+        key = {
+            "model_identity": loaded.identity,
+            "data": data_digest(train),
+            "ridge": ridge,
+            "precision": self._precision(loaded),
+        }
+        return self.lenses.get_or_fit(key, fit)
+
+    def misses(self) -> int:
+        """LLM passes so far (records computed, not read from the store)."""
+        return self.store.misses if self.store else -1
+
+    def extract(
+        self, model: LoadedModel, prompts: TaskPrompts, fit_model: LoadedModel | None = None
+    ) -> TraceSet:
+        """The task's :class:`TraceSet`: each split read through the model's probe (a tuned lens
+        is fitted per model on its own train prompts of this task); the training pairs of
+        ``fit.model`` through that model's own probe."""
+        before = self.misses()
+        name = prompts.task
+        probe = self.probe(model, prompts.train)
+        other = fit_model if fit_model is not None else model
+        fit_probe = probe
+        if prompts.lens_train is not None:
+            fit_probe = self.probe(other, prompts.lens_train)
+        parts = []
+        for source in prompts.fit:
+            reader, read_by = (other, fit_probe) if source.other_model else (model, probe)
+            parts.append(self.records(reader, source.task, "train", source.prompts, read_by))
+        test = self.records(model, name, "test", prompts.test, probe)
+        calibration = None
+        if prompts.calibration is not None:
+            calibration = self.records(model, name, "calibration", prompts.calibration, probe)
+        return TraceSet(
+            task=name,
+            fit=LayerRecords.concat(parts) if len(parts) > 1 else parts[0],
+            test=test,
+            calibration=calibration,
+            probe=probe,
+            model=model,
+            stats=prompts.stats(),
+            computed=self.store is None or self.misses() > before,
+        )
