@@ -50,7 +50,7 @@ from hydra.utils import instantiate
 
 from adainfer.costs import run_costs
 from adainfer.engine import EarlyExitEngine, FixedExit
-from adainfer.pipeline import prepare
+from adainfer.extract import prepare
 from adainfer.policies import GapThreshold, SVMPolicy
 from adainfer.policies.base import earliest_settled
 from adainfer.runner import extract_records
