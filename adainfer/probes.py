@@ -25,7 +25,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,8 @@ class TunedLens:
     bias: torch.Tensor  # [L, h]
     ridge: float | None = None  # how it was fitted (None: set by hand)
     positions: int = 0  # token positions it was fitted on
+    # (device, dtype) -> (weight, bias) there: each copy is made once, not once per call.
+    _placed: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     name = "tuned"
 
@@ -117,8 +119,7 @@ class TunedLens:
 
     def translate(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """``hidden`` [..., L, h] (all layers) or, with ``layer`` (0-based), [..., h]."""
-        weight = self.weight.to(hidden.device, hidden.dtype)
-        bias = self.bias.to(hidden.device, hidden.dtype)
+        weight, bias = self.on(hidden.device, hidden.dtype)
         if layer is None:
             return torch.einsum("...lh,lhk->...lk", hidden, weight) + bias
         if layer == self.num_layers - 1:

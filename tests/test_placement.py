@@ -1,5 +1,6 @@
 """The model stays where it was put: Lightning's passes neither move it nor hand it back to the
-CPU, and a model spread by a device map runs where accelerate put it."""
+CPU, a model spread by a device map runs where accelerate put it, and a tuned lens is copied
+to a device once."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from adainfer.models.loading import LoadedModel
 from adainfer.models.placement import dispatched, input_device, place
 from adainfer.pipeline import prepare
 from adainfer.policies import GapThreshold
-from adainfer.probes import fit_tuned_lens
+from adainfer.probes import TunedLens, fit_tuned_lens
 from adainfer.runner import LayerProbeModule, extract_records
 from adainfer.tasks import RuleTask
 from adainfer.timing import engine_metrics
@@ -119,3 +120,37 @@ def test_a_model_left_on_the_cpu_when_a_gpu_was_asked_for_says_so(offloaded, cap
     assert "asked for cuda:0" in caplog.text and "'tiny_llama_offloaded'" in caplog.text
     assert "8 of its 8 modules" in caplog.text and "model.embed_tokens" in caplog.text
     assert input_device(offloaded.model) == torch.device("cpu")
+
+
+class _CountedCopies(torch.Tensor):
+    """A tensor that counts the copies made of it with ``.to``."""
+
+    copies = 0
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.to:
+            cls.copies += 1
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_a_tuned_lens_is_copied_to_a_device_once():
+    torch.manual_seed(0)
+    weight, bias = torch.randn(3, 8, 8), torch.randn(3, 8)
+    lens = TunedLens(weight.clone().as_subclass(_CountedCopies), bias)
+    hidden = torch.randn(5, 3, 8).to(torch.bfloat16)
+    _CountedCopies.copies = 0
+    outs = [lens.translate(hidden[:, layer], layer) for layer in (0, 1, 0, 1)]
+    outs.append(lens.translate(hidden))
+    assert _CountedCopies.copies == 1  # once to bfloat16, not once per call
+    w, b = weight.to(torch.bfloat16), bias.to(torch.bfloat16)
+    torch.testing.assert_close(outs[0].as_subclass(torch.Tensor), hidden[:, 0] @ w[0] + b[0])
+    expected = torch.einsum("blh,lhk->blk", hidden, w) + b
+    torch.testing.assert_close(outs[-1].as_subclass(torch.Tensor), expected)
+    assert lens.on(torch.device("cpu"), torch.bfloat16)[0].data_ptr() == (
+        lens.on(torch.device("cpu"), torch.bfloat16)[0].data_ptr()
+    )
+    # A float32 read needs no copy at all; a replaced weight is copied again.
+    lens.translate(hidden.float(), 0)
+    lens.weight = torch.zeros(3, 8, 8)
+    assert torch.equal(lens.translate(hidden[:, 0], 0), b[0].expand(5, 8))
