@@ -1,7 +1,8 @@
 """How prompts go through the LLM: sorted by length (little padding), right-padded, each batch
 carrying its prompts' indices so results go back in input order. One path for the feature
 extraction (:mod:`adainfer.runner`), the tuned lens's fit (:mod:`adainfer.probes`) and the
-early-exit engine (:mod:`adainfer.engine`), so all three see the same batches."""
+early-exit engine (:mod:`adainfer.engine`), so all three see the same batches, on the device
+the model was put on once (:class:`LLMPass`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+
+from adainfer.errors import AdaInferError
+from adainfer.models.placement import dispatched, place
+
+# Lightning precisions that convert the weights (the others run them in an autocast context).
+WEIGHT_PRECISIONS = ("16-true", "bf16-true", "64-true")
 
 
 def length_order(input_ids: Sequence[Sequence[int]]) -> np.ndarray:
@@ -67,3 +74,48 @@ def probe_trainer(trainer_kwargs: dict[str, Any] | None = None) -> L.Trainer:
             **(trainer_kwargs or {}),
         }
     )
+
+
+def on_trainer_device(loaded: Any, trainer: L.Trainer) -> torch.device:
+    """Put ``loaded``'s model (a :class:`~adainfer.models.loading.LoadedModel`) on the device
+    ``trainer`` runs on, in the weight precision it asks for, as Lightning would, and leave it
+    there (:func:`adainfer.models.placement.place`); return where the model's inputs go."""
+    model = loaded.model
+    if not dispatched(model):
+        trainer.precision_plugin.convert_module(model)
+    elif str(trainer.precision) in WEIGHT_PRECISIONS:
+        raise AdaInferError(
+            f"trainer.precision={trainer.precision} converts the weights, which model "
+            f"{loaded.name!r}, spread over devices by its device_map, cannot have done",
+            "load it in that precision instead (model.dtype=bfloat16) with trainer.precision=null",
+        )
+    return place(loaded, trainer.strategy.root_device)
+
+
+class LLMPass(L.LightningModule):
+    """A Lightning module for one inference pass of an LLM that it uses but does not own.
+
+    Lightning moves the module it is handed to its device at every ``predict`` and back to the
+    CPU when the pass ends (``Strategy.teardown``), and moves it whole to one device, which a
+    model spread over several by a device map cannot survive. So the LLM is no submodule of
+    this one (``loaded`` is a plain attribute): Lightning runs the loop, moves the batches and
+    provides the precision context and the progress bar; :func:`on_trainer_device` puts the LLM
+    on the Trainer's device once, when a pass starts, and there it stays for the next pass and
+    for the early-exit engine.
+    """
+
+    def __init__(self, loaded: Any) -> None:
+        super().__init__()
+        self.loaded = loaded
+        self.parts = loaded.parts
+        self.input_device = torch.device("cpu")
+
+    def on_predict_start(self) -> None:
+        self.input_device = on_trainer_device(self.loaded, self.trainer)
+
+    def inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch's token ids and attention mask, on the device the model takes them on."""
+        return (
+            batch["input_ids"].to(self.input_device),
+            batch["attention_mask"].to(self.input_device),
+        )

@@ -22,11 +22,12 @@ def block_output(output: Any) -> torch.Tensor:
 
 def last_token(hidden: torch.Tensor, last: torch.Tensor, width: int) -> torch.Tensor:
     """Float rows ``hidden[r, last[r]]`` of a right-padded batch of ``len(last)`` rows, ``width``
-    positions each (also for blocks that return them flattened, as OPT's MLP does)."""
+    positions each (also for blocks that return them flattened, as OPT's MLP does), on
+    ``hidden``'s device (a dispatched model's blocks run on several)."""
     rows = len(last)
     if hidden.dim() == 2:  # [rows * width, hidden]
         hidden = hidden.view(rows, width, -1)
-    return hidden[torch.arange(rows, device=last.device), last].float()
+    return hidden[torch.arange(rows, device=hidden.device), last.to(hidden.device)].float()
 
 
 class Hooks:

@@ -34,6 +34,11 @@ def _consecutive_cosine(states: torch.Tensor, first: torch.Tensor | None) -> tor
     return torch.cat([head[:, None], cos], dim=1)
 
 
+def _stack(rows: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Per-layer [batch, h] rows as one [batch, layers, h] tensor on ``device``."""
+    return torch.stack([r.to(device) for r in rows], dim=1)
+
+
 @torch.no_grad()
 def probe_layers(
     parts: DecoderParts,
@@ -64,11 +69,13 @@ def probe_layers(
             hooks.on_output(parts.attention(i), keeper("attn"))
             hooks.on_output(parts.mlp(i), keeper("mlp"))
         parts.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    hidden = torch.stack(captured["hidden"], dim=1)  # [batch, layers, hidden]
+    # A dispatched model's layers run on several devices: its rows meet on the last one's.
+    device = captured["hidden"][-1].device
+    hidden = _stack(captured["hidden"], device)  # [batch, layers, hidden]
     out = read_layers(parts, hidden, probe) | {
-        "cos_attn": _consecutive_cosine(torch.stack(captured["attn"], dim=1), None),
-        "cos_mlp": _consecutive_cosine(torch.stack(captured["mlp"], dim=1), None),
-        "cos_hidden": _consecutive_cosine(hidden, captured["input"][0]),
+        "cos_attn": _consecutive_cosine(_stack(captured["attn"], device), None),
+        "cos_mlp": _consecutive_cosine(_stack(captured["mlp"], device), None),
+        "cos_hidden": _consecutive_cosine(hidden, captured["input"][0].to(device)),
     }
     for i, other in enumerate(also):  # more probes of the same forward pass
         out |= {f"also{i}:{k}": v for k, v in read_layers(parts, hidden, other).items()}

@@ -25,22 +25,21 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from adainfer.batching import length_sorted_loader, probe_trainer
+from adainfer.batching import LLMPass, length_sorted_loader, probe_trainer
 from adainfer.capture import Hooks
 from adainfer.encoding import EncodedPrompts
 from adainfer.errors import AdaInferError
 from adainfer.files import cannot_write
-from adainfer.models.arch import DecoderParts
 from adainfer.models.cache import publish_folder
+from adainfer.models.placement import dispatched
 from adainfer.settings import PROBES  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
@@ -76,6 +75,8 @@ class TunedLens:
     bias: torch.Tensor  # [L, h]
     ridge: float | None = None  # how it was fitted (None: set by hand)
     positions: int = 0  # token positions it was fitted on
+    # (device, dtype) -> (weight, bias) there: each copy is made once, not once per call.
+    _placed: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     name = "tuned"
 
@@ -106,10 +107,19 @@ class TunedLens:
         eye = torch.eye(hidden_size).expand(num_layers, -1, -1).clone()
         return cls(eye, torch.zeros(num_layers, hidden_size))
 
+    def on(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) on ``device`` in ``dtype``, copied there on the first call only (the
+        engine translates once per layer and batch; a 13B lens is 4 GB)."""
+        key = (torch.device(device), dtype)
+        placed = self._placed.get(key)
+        if placed is None or placed[0] is not self.weight or placed[1] is not self.bias:
+            moved = (self.weight.to(device, dtype), self.bias.to(device, dtype))
+            placed = self._placed[key] = (self.weight, self.bias, *moved)
+        return placed[2], placed[3]
+
     def translate(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """``hidden`` [..., L, h] (all layers) or, with ``layer`` (0-based), [..., h]."""
-        weight = self.weight.to(hidden.device, hidden.dtype)
-        bias = self.bias.to(hidden.device, hidden.dtype)
+        weight, bias = self.on(hidden.device, hidden.dtype)
         if layer is None:
             return torch.einsum("...lh,lhk->...lk", hidden, weight) + bias
         if layer == self.num_layers - 1:
@@ -165,40 +175,60 @@ def check_probe(probe: Probe, num_layers: int, hidden_size: int) -> None:
 
 
 # -- fitting ----------------------------------------------------------------------------------
-class _MomentsModule(L.LightningModule):
-    """Accumulates, per layer, the moments a ridge fit of h_l → h_L needs (float64)."""
+class _MomentsModule(LLMPass):
+    """Accumulates, per layer, the moments a ridge fit of h_l → h_L needs (float64).
 
-    def __init__(self, parts: DecoderParts, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.parts = parts
+    Layer by layer, so a pass holds one [h, h] product at a time, not L of them. The sums stay
+    on the model's device (no float64 round trip to the host per batch), except for a model
+    spread over devices, whose GPUs have no room left for L × h × h float64 sums (43 GB at
+    70B), and on MPS, which has no float64: there they are kept on the CPU.
+    """
+
+    def __init__(self, loaded: Any) -> None:
+        super().__init__(loaded)
         self.count = 0
-        self.sums: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, list[torch.Tensor]] = {}
 
-    def _add(self, name: str, value: torch.Tensor) -> None:
-        value = value.double().cpu()
-        self.sums[name] = self.sums[name] + value if name in self.sums else value
+    def on_predict_start(self) -> None:
+        super().on_predict_start()
+        device = self.input_device
+        if dispatched(self.loaded.model) or device.type == "mps":
+            device = torch.device("cpu")
+        self.sums_device = device
+
+    def _add(self, name: str, layer: int, value: torch.Tensor) -> None:
+        value = value.double().to(self.sums_device)
+        sums = self.sums.setdefault(name, [])
+        if layer == len(sums):
+            sums.append(value)
+        else:
+            sums[layer] += value
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> int:
+        ids, mask = self.inputs(batch)
         outputs: list[torch.Tensor] = []
         with Hooks() as hooks, torch.no_grad():
             for layer in self.parts.layers:
                 hooks.on_output(layer, outputs.append)
-            self.parts.backbone(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                use_cache=False,
-            )
-        keep_pos = batch["attention_mask"].bool().clone()
+            self.parts.backbone(input_ids=ids, attention_mask=mask, use_cache=False)
+        keep_pos = mask.bool().clone()
         keep_pos[:, 0] = False  # the first position: an attention-sink outlier
-        x = torch.stack([o[keep_pos] for o in outputs]).float()  # [L, n, h]
-        y = x[-1]
+        y = outputs[-1][keep_pos.to(outputs[-1].device)].float()  # [n, h]
+        for layer, output in enumerate(outputs):
+            x = output[keep_pos.to(output.device)].float()  # [n, h]
+            y_here = y.to(x.device)
+            self._add("x", layer, x.sum(dim=0))
+            self._add("xx", layer, x.T @ x)
+            self._add("xy", layer, x.T @ y_here)
+        self._add("y", 0, y.sum(dim=0))
         self.count += y.shape[0]
-        self._add("x", x.sum(dim=1))
-        self._add("y", y.sum(dim=0))
-        self._add("xx", x.transpose(1, 2) @ x)
-        self._add("xy", x.transpose(1, 2) @ y)
         return y.shape[0]  # positions used (the moments stay on the module)
+
+    def moments(self) -> dict[str, torch.Tensor]:
+        """The sums, stacked over layers, on the CPU: x [L, h], y [h], xx and xy [L, h, h]."""
+        out = {name: torch.stack(sums).cpu() for name, sums in self.sums.items()}
+        out["y"] = out["y"][0]
+        return out
 
 
 def fit_tuned_lens(
@@ -215,7 +245,7 @@ def fit_tuned_lens(
     """
     if ridge < 0:
         raise AdaInferError(f"probe.ridge={ridge} is negative", "use a ridge of 0 or more")
-    module = _MomentsModule(loaded.parts, loaded.model)
+    module = _MomentsModule(loaded)
     loader: DataLoader = length_sorted_loader(loaded, encoded, batch_size)
     probe_trainer(trainer_kwargs).predict(module, dataloaders=loader, return_predictions=False)
     n = module.count
@@ -224,7 +254,7 @@ def fit_tuned_lens(
             f"the tuned lens needs token positions to fit on; the train prompts gave {n}",
             "use longer or more train prompts (task.n_train)",
         )
-    s = module.sums
+    s = module.moments()
     mean_x, mean_y = s["x"] / n, s["y"] / n  # [L, h], [h]
     cxx = s["xx"] - n * mean_x[:, :, None] * mean_x[:, None, :]
     cxy = s["xy"] - n * mean_x[:, :, None] * mean_y[None, None, :]

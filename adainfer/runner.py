@@ -1,38 +1,36 @@
 """The Lightning side: a LightningModule whose predict step probes every layer of a batch.
 
-The Trainer owns device placement, precision and the progress bar; the module only turns a
-padded batch into per-layer features. Later strategies (multi-device, sharded) plug in here.
+The Trainer owns the loop, precision and the progress bar; the model is put on the Trainer's
+device once and stays there (:class:`~adainfer.batching.LLMPass`); the module only turns a
+padded batch into per-layer features.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 
-from adainfer.batching import length_sorted_loader, probe_trainer
+from adainfer.batching import LLMPass, length_sorted_loader, probe_trainer
 from adainfer.encoding import EncodedPrompts
 from adainfer.features import RECORDED, LayerRecords, probe_layers
 from adainfer.models.loading import LoadedModel
 from adainfer.probes import LogitLens, Probe, check_probe
 
 
-class LayerProbeModule(L.LightningModule):
+class LayerProbeModule(LLMPass):
     """Runs the frozen LLM once per batch and returns every layer's features through ``probe``."""
 
     def __init__(
         self, loaded: LoadedModel, probe: Probe | None = None, also: tuple[Probe, ...] = ()
     ) -> None:
-        super().__init__()
-        self.model = loaded.model
-        self.parts = loaded.parts
+        super().__init__(loaded)
         self.probe = probe or LogitLens()
         self.also = also
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
-        ids, mask = batch["input_ids"], batch["attention_mask"]
+        ids, mask = self.inputs(batch)
         out = probe_layers(self.parts, ids, mask, self.probe, self.also)
         return {key: value.cpu() for key, value in out.items()} | {"index": batch["index"].cpu()}
 

@@ -68,6 +68,14 @@ def configured(model: str, task: str, n_train: int, n_test: int, dtype: str):
     return instantiate(cfg.model, _convert_="all"), instantiate(cfg.task, _convert_="all")
 
 
+def trainer_on(device: str) -> dict:
+    """Lightning Trainer kwargs of a pass on ``device`` (cpu, cuda, cuda:1, mps): the feature
+    extraction puts the model there, and there it stays for the engine."""
+    where = torch.device(device)
+    devices = 1 if where.index is None else [where.index]
+    return QUIET | {"accelerator": where.type, "devices": devices}
+
+
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages: how much else the cores were running."""
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -90,8 +98,8 @@ def bench_model(name: str, args: argparse.Namespace, cache: Path) -> None:
     print(f"{cold / cached:.0f}x (target >= 5x: {verdict}); load average {load_average()}")
 
     train, test = prepare(task, task.load(), loaded, shots=args.shots, seed=0)
-    train_records = extract_records(loaded, train, 16, QUIET)
-    test_records = extract_records(loaded, test, 16, QUIET)
+    train_records = extract_records(loaded, train, 16, trainer_on(args.device))
+    test_records = extract_records(loaded, test, 16, trainer_on(args.device))
     svm = SVMPolicy().fit(train_records)
     late = copy.deepcopy(svm)
     late.first_layer = earliest_settled(train_records)
@@ -100,7 +108,6 @@ def bench_model(name: str, args: argparse.Namespace, cache: Path) -> None:
     policies |= {f"fixed 3L/4={3 * L // 4}": FixedExit(3 * L // 4), "svm": svm}
     policies[f"svm from {late.first_layer}"] = late  # probe.first_layer=auto
     policies["gap>0.8"] = GapThreshold()  # the paper's rule without training
-    loaded.model.to(args.device)
     engines = {label: EarlyExitEngine(loaded, policy) for label, policy in policies.items()}
 
     trace = {label: policy.exit_layers(test_records) for label, policy in policies.items()}
@@ -108,7 +115,8 @@ def bench_model(name: str, args: argparse.Namespace, cache: Path) -> None:
     full_acc = np.mean(test_records.argmax[:, -1] == test.gold)
     print(
         f"{len(lengths)} test prompts of {lengths.min()}-{lengths.max()} tokens; L={L}, "
-        f"V={loaded.vocab_size}; full-model accuracy {full_acc:.2f}"
+        f"V={loaded.vocab_size}; full-model accuracy {full_acc:.2f}; engine on "
+        f"{engines['svm'].device}"
     )
     print(
         "exit: mean exit layer; =trace: exits equal to the trace evaluation; ideal_L / ideal_F / "

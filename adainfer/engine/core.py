@@ -11,6 +11,7 @@ features of every layer it visited, plus a log of the work done (:class:`BatchWo
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 import numpy as np
@@ -25,8 +26,11 @@ from adainfer.engine.result import BatchWork, EngineResult, Outputs
 from adainfer.errors import AdaInferError
 from adainfer.features import RECORDED, readout
 from adainfer.models.loading import LoadedModel
+from adainfer.models.placement import input_device
 from adainfer.policies import ExitPolicy
 from adainfer.probes import LogitLens, Probe, check_probe
+
+log = logging.getLogger(__name__)
 
 
 class _Capture:
@@ -55,7 +59,7 @@ def _cosine(now: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor:
     """cos(now, before) per row; 0 at the first layer, as ``features._consecutive_cosine``."""
     if before is None:
         return torch.zeros(len(now))
-    return F.cosine_similarity(now, before, dim=-1)
+    return F.cosine_similarity(now, before.to(now.device), dim=-1)
 
 
 class _Rows:
@@ -69,7 +73,7 @@ class _Rows:
         self.seq_len_all = (self.last + 1).cpu().numpy()
         self.seq_len = self.seq_len_all
         self.alive = np.arange(len(self.last))  # batch row of each running row
-        first = self.hidden[torch.arange(self.n), self.last].float()
+        first = self.last_hidden()
         self.prev: dict[str, torch.Tensor | None] = {"attn": None, "mlp": None, "hidden": first}
 
     @property
@@ -80,10 +84,12 @@ class _Rows:
         """Run one decoder layer on the running rows."""
         out = layer(self.hidden, **self.inputs.kwargs(index))
         self.hidden = out[0] if isinstance(out, tuple) else out
+        self.last = self.last.to(self.hidden.device)  # a dispatched model's layers: many devices
 
     def last_hidden(self) -> torch.Tensor:
         """The last real token's hidden state of each running row, [n, hidden] float."""
-        return self.hidden[torch.arange(self.n), self.last].float()
+        rows = torch.arange(self.n, device=self.hidden.device)
+        return self.hidden[rows, self.last.to(self.hidden.device)].float()
 
     def drop(self, stop: np.ndarray, now: torch.Tensor | None, capture: _Capture | None) -> None:
         """Compaction: remove the stopped rows so later layers run on the others only.
@@ -100,7 +106,8 @@ class _Rows:
         self.hidden = self.hidden.index_select(0, keep)
         self.last = self.last.index_select(0, keep)
         self.prev = {
-            k: None if v is None else v.index_select(0, keep) for k, v in self.prev.items()
+            k: None if v is None else v.index_select(0, keep.to(v.device))
+            for k, v in self.prev.items()
         }
         self.alive = self.alive[~stop]
         self.seq_len = self.seq_len[~stop]
@@ -141,7 +148,8 @@ class EarlyExitEngine:
         self.cosines = tuple(name for name in RECORDED[2:] if name in wanted)
         pad = loaded.tokenizer.pad_token_id
         self.pad_id = 0 if pad is None else int(pad)
-        self.device = next(self.model.parameters()).device
+        self.device = input_device(self.model)  # where the model is: see models.placement
+        log.info("early-exit engine for %s on %s", loaded.name, self.device)
 
     # -- batching ----------------------------------------------------------------------------
     def _check_prompts(self, input_ids: list[list[int]]) -> None:
@@ -228,7 +236,7 @@ class EarlyExitEngine:
         out.values["top_prob"][finished, i] = top_prob.cpu().numpy()
         out.argmax[finished, i] = top_id.cpu().numpy()
         logits = torch.zeros((rows.n, part.shape[1]), device=part.device)
-        logits[picked] = part
+        logits[picked.to(part.device)] = part
         return logits
 
     def _decide(self, depth: int, n: int, view) -> np.ndarray:

@@ -59,7 +59,9 @@ class LayerInputs:
 
 def _take(value: Any, rows: torch.Tensor, batch: int) -> Any:
     if isinstance(value, torch.Tensor):
-        return value.index_select(0, rows) if value.dim() and value.shape[0] == batch else value
+        if value.dim() and value.shape[0] == batch:
+            return value.index_select(0, rows.to(value.device))
+        return value
     if isinstance(value, tuple):
         return tuple(_take(v, rows, batch) for v in value)
     return value
