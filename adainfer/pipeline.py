@@ -49,6 +49,7 @@ from adainfer.extract import (
 from adainfer.interrupts import Interrupted, ending_on_signals
 from adainfer.job import JobInputs, build, load_inputs
 from adainfer.models.loading import LoadedModel
+from adainfer.models.placement import input_device
 from adainfer.policies.base import ExitPolicy
 from adainfer.risk import RiskLimit
 from adainfer.runner import extract_records
@@ -289,6 +290,9 @@ def _engine_metrics(job: Job, traces: TraceSet, outcome: Outcome) -> dict[str, f
         trace_exits=outcome.result.exit_layer,
         gold=test.gold,
         probe=traces.probe,
+        # Placed like an LLM pass: when every record came from the trace store, nothing has
+        # put the model on the Trainer's device yet.
+        trainer_kwargs=job.extractor.trainer_kwargs,
     )
 
 
@@ -328,6 +332,7 @@ def run(cfg: DictConfig, inputs: JobInputs | None = None) -> dict[str, float]:
         outcome = decide(traces, copy.deepcopy(job.policy), job.limit, cfg.risk.resplits)
         if cfg.engine:
             outcome.metrics |= _engine_metrics(job, traces, outcome)
+            tracking.set_tags({"engine_device": str(input_device(job.model.model))})
         tracking.set_tags({"llm_forward": "computed" if traces.computed else "trace_store"})
         _log_outcome(outcome, job.model, config_yaml)
         log.info("%s [%s]: %s", run_name, name, outcome.metrics)
