@@ -79,8 +79,8 @@ class StatePolicy(ExitPolicy):
                 "use classifier.class_weight=null or classifier.class_weight=balanced",
             )
         self.seed, self.C, self.class_weight, self.head = seed, float(C), class_weight, head
-        self.weight: np.ndarray | None = None  # [L-1, h] float32, the scaler folded in
-        self.bias: np.ndarray | None = None  # [L-1] float32
+        self.weight: np.ndarray | None = None  # [L-1, h] float64, the scaler folded in
+        self.bias: np.ndarray | None = None  # [L-1] float64
 
     @property
     def reads(self) -> tuple[str, ...]:
@@ -103,7 +103,7 @@ class StatePolicy(ExitPolicy):
             warnings.simplefilter("ignore", ConvergenceWarning)
             fitted = self._fit_per_layer if self.head == "per_layer" else self._fit_shared
             weight, bias = fitted(hidden, y)
-        self.weight, self.bias = weight.astype(np.float32), bias.astype(np.float32)
+        self.weight, self.bias = weight, bias  # float64: the fitted model's own numbers
         return self
 
     def _fit_per_layer(self, hidden: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -153,9 +153,7 @@ class StatePolicy(ExitPolicy):
     def _layer_scores(self, states: np.ndarray, index: int) -> np.ndarray:
         """P(final) of states [n, h] after layer ``index`` (0-based), in float64: the same
         numbers whether the trace or the engine asks."""
-        return expit(
-            states.astype(np.float64) @ self.weight[index].astype(np.float64) + self.bias[index]
-        )
+        return expit(states.astype(np.float64) @ self.weight[index] + self.bias[index])
 
     def scores(self, records: LayerRecords) -> np.ndarray:
         shape = (records.num_instances, records.num_layers)
@@ -219,7 +217,10 @@ class StatePolicy(ExitPolicy):
         from safetensors.numpy import load_file
 
         tensors = load_file(str(path))
-        self.weight, self.bias = tensors["weight"], tensors["bias"]
+        self.weight, self.bias = (
+            tensors["weight"].astype(np.float64),
+            tensors["bias"].astype(np.float64),
+        )
 
 
 def _states(records: LayerRecords, policy: str) -> np.ndarray:
