@@ -22,6 +22,7 @@ from adainfer.errors import AdaInferError
 from adainfer.job import load_inputs
 from adainfer.policies import StatePolicy, load_policy
 from adainfer.records import LayerRecords
+from adainfer.risk import RiskLimit, calibrate
 from adainfer.settings import check_settings
 
 
@@ -58,6 +59,16 @@ def test_what_it_reads_and_what_a_decision_costs(tiny_llama):
     dims = ModelDims.from_config(tiny_llama.config)
     assert classifier_flops(fitted_, dims) == 2 * tiny_llama.hidden_size + 5
     assert fitted_.scores_state and not StatePolicy(threshold=1.0).fit(_settling(0)).scores_state
+
+
+def test_risk_control_sets_its_threshold_on_p_final():
+    """Learn-then-Test picks the threshold from the head's train scores; on records where the
+    state says when the answer settles, a 10% risk is certified with early exits."""
+    train, calibration, test = _settling(0, n=300), _settling(1, n=300), _settling(2, n=300)
+    policy = StatePolicy().fit(train)
+    chosen = calibrate(policy, train, calibration, RiskLimit(0.1))
+    assert chosen.certified and policy.threshold == chosen.threshold < 1
+    assert policy.exit_layers(test).mean() < test.num_layers - 1
 
 
 def test_records_without_hidden_states_are_refused_with_the_fix():
