@@ -15,7 +15,8 @@ work log, over those of the full model on the same padded batches. Per row of wi
     probe      = 2·h'·V + 6·V             LM head on one position (h' = the width the head
                (+ 2·h·h' for OPT's          reads) + softmax (≈4V) and top-2 (≈2V)
                  project_out)
-    classifier = per scored row, see :func:`classifier_flops`
+    classifier = per scored row, see :func:`classifier_flops` (a head on the hidden state,
+                 ``state``: 2h + 5, and its rows are probed only where they stop)
 
     engine = Σ_batches Σ_l [rows_l·layer(s) + probed_l·probe + scored_l·classifier]
     full   = Σ_batches B·[L·layer(s) + 2·h'·V + V]      (head + argmax at one position)
@@ -196,14 +197,16 @@ def single_prompt_work(
 ) -> BatchWork:
     """The work log the engine writes for one prompt of ``width`` tokens run alone that exits
     after ``exit_layer``: a policy that reads features probes (and, below the last layer,
-    scores) every layer from its ``first_layer`` on; one that reads none probes its exit only."""
+    scores) every layer from its ``first_layer`` on; one that reads none probes its exit only,
+    and one that reads the hidden state (``scores_state``) also scores, below the last layer,
+    every layer from its ``first_layer`` on."""
     layers = range(1, exit_layer + 1)
+    scores = policy.reads_probe or policy.scores_state
+    classified = [int(scores and policy.first_layer <= layer < num_layers) for layer in layers]
     if policy.reads_probe:
         probed = [int(layer >= policy.first_layer) for layer in layers]
-        classified = [int(policy.first_layer <= layer < num_layers) for layer in layers]
     else:
         probed = [int(layer == exit_layer) for layer in layers]
-        classified = [0] * exit_layer
     return BatchWork(width, np.array([width]), [1] * exit_layer, probed, classified)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from adainfer.encoding import EncodedPrompts, check_label_tokens, encode_prompts
 from adainfer.errors import AdaInferError
-from adainfer.features import LayerRecords
+from adainfer.features import HIDDEN_FORMAT, LayerRecords
 from adainfer.models import cache
 from adainfer.models.loading import LoadedModel
 from adainfer.probes import LensStore, LogitLens, Probe, TunedLens, fit_tuned_lens
@@ -145,12 +145,16 @@ class Extractor:
 
     ``settings`` is the job's: ``shots``, ``seed``, ``batch_size``, ``trainer`` (Lightning
     kwargs), ``precision`` (the trainer's), ``probe`` (its config: ``name``, ``ridge``),
-    ``traces_dir`` and ``traces_enabled``. ``compute=False`` reads and never runs the LLM.
+    ``traces_dir``, ``traces_enabled`` and ``hidden_states`` (whether the records must keep
+    the last token's hidden state at every layer: the policy reads them,
+    ``ExitPolicy.reads_hidden``; such traces have keys of their own). ``compute=False`` reads
+    and never runs the LLM.
     """
 
     def __init__(self, settings: dict[str, Any], compute: bool = True) -> None:
         self.settings = settings
         self.compute = compute
+        self.hidden_states = bool(settings.get("hidden_states", False))
         self.trainer_kwargs = {k: v for k, v in settings["trainer"].items() if v is not None}
         root = Path(settings["traces_dir"] or cache.cache_root() / "traces")
         self.store = TraceStore(root) if settings["traces_enabled"] else None
@@ -177,10 +181,15 @@ class Extractor:
 
     def _missing(self, what: str) -> NotExtracted:
         root = self.store.root if self.store else "(traces.enabled=false)"
+        classifier = (
+            " and a classifier that reads hidden states, e.g. classifier=state"
+            if self.hidden_states
+            else ""
+        )
         return NotExtracted(
             f"stage=decide found no stored {what} in {root}",
             "extract it first: the same job with stage=extract (same model, task, sizes, "
-            "shots, seed, probe and traces.dir), or run it whole with stage=all",
+            f"shots, seed, probe and traces.dir{classifier}), or run it whole with stage=all",
         )
 
     def records(
@@ -205,16 +214,21 @@ class Extractor:
                 data=data_digest(encoded),
                 precision=self._precision(loaded),
                 probe=probe.fingerprint,
+                hidden=HIDDEN_FORMAT if self.hidden_states else "",
             )
 
         def compute() -> LayerRecords:
             if not self.compute:
-                raise self._missing(f"trace of {loaded.name} {task}/{split} ({probe.name} probe)")
+                states = ", with hidden states" if self.hidden_states else ""
+                what = f"trace of {loaded.name} {task}/{split} ({probe.name} probe{states})"
+                raise self._missing(what)
             # A tuned-lens pass also stores the logit-lens trace: the comparison run is free.
             extra = self.store is not None and not isinstance(probe, LogitLens)
             probes = [probe, LogitLens()] if extra else [probe]
             bs = self.settings["batch_size"]
-            records = extract_records_multi(loaded, encoded, bs, self.trainer_kwargs, probes)
+            records = extract_records_multi(
+                loaded, encoded, bs, self.trainer_kwargs, probes, self.hidden_states
+            )
             if extra:
                 self.store.put(key(probes[1]), records[1])
             return records[0]

@@ -21,6 +21,16 @@ from adainfer.settings import FEATURE_SETS, FEATURES, RECORDED  # noqa: F401 - r
 
 # Bumped whenever what a trace records changes, so old traces are never reused.
 RECORD_VERSION = "logit-lens-v1:" + ",".join(RECORDED)
+# How hidden states are kept, when a policy reads them (``TraceKey.hidden`` records it): the last
+# real token's output of every decoder layer, float16, clamped to float16's finite range.
+HIDDEN_FORMAT = "last-token-float16"
+_HALF_MAX = float(torch.finfo(torch.float16).max)
+
+
+def half_state(hidden: torch.Tensor) -> torch.Tensor:
+    """Hidden states as a policy that reads them sees them, in traces and in the engine alike:
+    float16, clamped to its finite range (a rare huge activation stays large, not inf)."""
+    return hidden.float().clamp(-_HALF_MAX, _HALF_MAX).half()
 
 
 def _consecutive_cosine(states: torch.Tensor, first: torch.Tensor | None) -> torch.Tensor:
@@ -46,13 +56,15 @@ def probe_layers(
     attention_mask: torch.Tensor,
     probe: Probe | None = None,
     also: tuple[Probe, ...] = (),
+    hidden_states: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Features of the last real token at every layer, each of shape [batch, layers].
 
     ``gap``, ``top_prob`` and the argmax are read through ``probe`` (default: the logit lens;
     see :mod:`adainfer.probes`); the cosine features describe the model's own states. Each probe
     in ``also`` reads the same hidden states too (keys ``also<i>:gap`` ...): one forward pass
-    for several probes.
+    for several probes. With ``hidden_states``, ``hidden`` holds those states themselves,
+    [batch, layers, h] (:func:`half_state`).
     Padding must be on the right: the last real token is found from ``attention_mask``.
     """
     last = attention_mask.sum(dim=1) - 1
@@ -79,6 +91,8 @@ def probe_layers(
     }
     for i, other in enumerate(also):  # more probes of the same forward pass
         out |= {f"also{i}:{k}": v for k, v in read_layers(parts, hidden, other).items()}
+    if hidden_states:  # [batch, layers, h] float16, for a policy that reads them
+        out["hidden"] = half_state(hidden)
     return out
 
 

@@ -72,6 +72,12 @@ def load_inputs(cfg: DictConfig) -> JobInputs:
     use_probe_first_layer(policy, cfg.probe.get("first_layer", 1))
     if cfg.engine:
         check_online(policy)
+    if policy.reads_hidden and cfg.fit.model:
+        raise AdaInferError(
+            f"classifier {policy.name!r} reads the hidden states of the model it decides for, "
+            "so it cannot learn from another model's (fit.model)",
+            "drop +model@fit.model, or use a classifier on probe features (svm, logreg)",
+        )
     if cfg.risk.epsilon is not None:
         check_calibratable(policy)
     task = build(cfg.task, "task")

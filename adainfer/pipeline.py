@@ -111,7 +111,7 @@ class Job:
         return self.cfg.stage
 
 
-def _extractor(cfg: DictConfig) -> Extractor:
+def _extractor(cfg: DictConfig, policy: ExitPolicy) -> Extractor:
     settings = {
         "shots": cfg.shots,
         "seed": cfg.seed,
@@ -121,6 +121,7 @@ def _extractor(cfg: DictConfig) -> Extractor:
         "probe": {"name": cfg.probe.name, "ridge": cfg.probe.get("ridge")},
         "traces_dir": cfg.traces.dir,
         "traces_enabled": cfg.traces.enabled,
+        "hidden_states": policy.reads_hidden,  # traces keep them only for a policy that reads them
     }
     return Extractor(settings, compute=cfg.stage != "decide")
 
@@ -177,7 +178,7 @@ def compose(cfg: DictConfig, inputs: JobInputs | None = None) -> Job:
             if loaded is not None:
                 loaded.forbid_weights("stage=decide reads stored traces and loads no model")
     prompts = _task_prompts(cfg, inputs, model, fit_model, limit)
-    return Job(cfg, inputs, model, fit_model, prompts, _extractor(cfg), limit)
+    return Job(cfg, inputs, model, fit_model, prompts, _extractor(cfg, inputs.policy), limit)
 
 
 def extract(job: Job, task: str) -> TraceSet:

@@ -23,6 +23,9 @@ class LayerRecords:
     argmax: np.ndarray  # [N, L] token id predicted at each layer
     gold: np.ndarray  # [N] gold answer's first token id
     seq_len: np.ndarray  # [N] prompt length in tokens
+    # [N, L, h] float16: the last token's hidden state after each layer, kept only for a policy
+    # that reads it (``ExitPolicy.reads_hidden``); None otherwise. Not part of :meth:`to_frame`.
+    hidden: np.ndarray | None = None
 
     @property
     def gap(self) -> np.ndarray:
@@ -50,7 +53,8 @@ class LayerRecords:
         return np.stack([self.values[name] for name in names], axis=-1)
 
     def to_frame(self) -> pd.DataFrame:
-        """Long table, one row per (instance, layer); layers are numbered from 1."""
+        """Long table, one row per (instance, layer); layers are numbered from 1. Without the
+        hidden states (the trace store keeps those beside it: :mod:`adainfer.traces`)."""
         n, L = self.argmax.shape
         return pd.DataFrame(
             {
@@ -88,14 +92,18 @@ class LayerRecords:
             self.argmax[rows],
             self.gold[rows],
             self.seq_len[rows],
+            None if self.hidden is None else self.hidden[rows],
         )
 
     @staticmethod
     def concat(parts: list[LayerRecords]) -> LayerRecords:
-        """Instances of several record sets (same layer count) stacked together."""
+        """Instances of several record sets (same layer count) stacked together; hidden states
+        only when every part has them."""
+        hidden = [p.hidden for p in parts]
         return LayerRecords(
             values={k: np.concatenate([p.values[k] for p in parts]) for k in parts[0].values},
             argmax=np.concatenate([p.argmax for p in parts]),
             gold=np.concatenate([p.gold for p in parts]),
             seq_len=np.concatenate([p.seq_len for p in parts]),
+            hidden=None if any(h is None for h in hidden) else np.concatenate(hidden),
         )

@@ -23,15 +23,20 @@ class LayerProbeModule(LLMPass):
     """Runs the frozen LLM once per batch and returns every layer's features through ``probe``."""
 
     def __init__(
-        self, loaded: LoadedModel, probe: Probe | None = None, also: tuple[Probe, ...] = ()
+        self,
+        loaded: LoadedModel,
+        probe: Probe | None = None,
+        also: tuple[Probe, ...] = (),
+        hidden_states: bool = False,
     ) -> None:
         super().__init__(loaded)
         self.probe = probe or LogitLens()
         self.also = also
+        self.hidden_states = hidden_states
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
         ids, mask = self.inputs(batch)
-        out = probe_layers(self.parts, ids, mask, self.probe, self.also)
+        out = probe_layers(self.parts, ids, mask, self.probe, self.also, self.hidden_states)
         return {key: value.cpu() for key, value in out.items()} | {"index": batch["index"].cpu()}
 
 
@@ -41,10 +46,15 @@ def extract_records(
     batch_size: int,
     trainer_kwargs: dict[str, Any] | None = None,
     probe: Probe | None = None,
+    hidden_states: bool = False,
 ) -> LayerRecords:
     """Per-layer features of every prompt through ``probe`` (default: the logit lens), from one
-    forward pass per batch; results in the prompts' order."""
-    return extract_records_multi(loaded, encoded, batch_size, trainer_kwargs, [probe])[0]
+    forward pass per batch; results in the prompts' order. With ``hidden_states``, the records
+    also hold the last token's hidden state at every layer (``LayerRecords.hidden``)."""
+    probes = [probe]
+    return extract_records_multi(
+        loaded, encoded, batch_size, trainer_kwargs, probes, hidden_states
+    )[0]
 
 
 def extract_records_multi(
@@ -53,13 +63,15 @@ def extract_records_multi(
     batch_size: int,
     trainer_kwargs: dict[str, Any] | None,
     probes: list[Probe | None],
+    hidden_states: bool = False,
 ) -> list[LayerRecords]:
-    """:func:`extract_records` through several probes at once: one forward pass per batch."""
+    """:func:`extract_records` through several probes at once: one forward pass per batch (the
+    hidden states, when asked, are the model's own: the same array in every probe's records)."""
     probes = [p or LogitLens() for p in probes]
     for probe in probes:
         check_probe(probe, loaded.num_layers, loaded.hidden_size)
     loader = length_sorted_loader(loaded, encoded, batch_size)
-    module = LayerProbeModule(loaded, probes[0], tuple(probes[1:]))
+    module = LayerProbeModule(loaded, probes[0], tuple(probes[1:]), hidden_states)
     batches = probe_trainer(trainer_kwargs).predict(module, dataloaders=loader)
     index = torch.cat([b["index"] for b in batches]).numpy()
 
@@ -70,10 +82,11 @@ def extract_records_multi(
         return ordered
 
     values = {key: in_order(key) for key in RECORDED}
-    out = [LayerRecords(values, in_order("argmax"), encoded.gold, encoded.seq_len)]
+    hidden = in_order("hidden") if hidden_states else None
+    out = [LayerRecords(values, in_order("argmax"), encoded.gold, encoded.seq_len, hidden)]
     for i in range(len(probes) - 1):
         read = {k: in_order(f"also{i}:{k}") for k in ("gap", "top_prob")}
         cosines = {k: values[k] for k in RECORDED if k not in read}  # the model's, not a probe's
         argmax = in_order(f"also{i}:argmax")
-        out.append(LayerRecords(read | cosines, argmax, encoded.gold, encoded.seq_len))
+        out.append(LayerRecords(read | cosines, argmax, encoded.gold, encoded.seq_len, hidden))
     return out

@@ -252,6 +252,17 @@ class LogRegSchema(NoSettingsClassifier):
 
 
 @dataclass
+class StateSchema(NoSettingsClassifier):
+    """``adainfer.policies.StatePolicy``: a logistic exit head on the hidden state."""
+
+    seed: Any = MISSING
+    threshold: Any = MISSING
+    C: Any = MISSING
+    class_weight: Any = MISSING  # null or balanced
+    head: Any = MISSING  # per_layer or shared
+
+
+@dataclass
 class CRFSchema(NoSettingsClassifier):
     c1: Any = MISSING
     c2: Any = MISSING
@@ -295,6 +306,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "gap": GapSchema,
         "svm": SVMSchema,
         "logreg": LogRegSchema,
+        "state": StateSchema,
         "crf": CRFSchema,
     },
     "schema/probe": {"logit_lens": LogitLensSchema, "tuned": TunedLensSchema},

@@ -28,6 +28,10 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "hidden": (*FEATURES, "cos_hidden"),
     "all": RECORDED,
 }
+# What a policy reads that is no probe output: the last token's hidden state after the layer
+# (``ExitPolicy.reads``); traces keep it only for a policy that reads it.
+HIDDEN_STATE = "hidden_state"
+STATE_HEADS = ("per_layer", "shared")  # how classifier=state is fitted (policies/state.py)
 PROBES = ("logit_lens", "tuned")
 STAGES = ("all", "extract", "decide")  # adainfer.pipeline
 
@@ -124,6 +128,8 @@ CLASSIFIER: dict[str, Rule] = {
     "c2": Rule(_number(0), "a number >= 0", "0.1"),
     "max_iterations": Rule(_int(1), "a whole number >= 1", "100"),
     "first_layer": Rule(_first_layer, "a layer number >= 1, or auto", "auto"),
+    "class_weight": Rule(_one_of(("balanced",)), "null or balanced", "balanced", True),
+    "head": Rule(_one_of(STATE_HEADS), f"one of {list(STATE_HEADS)}", "shared"),
 }
 
 

@@ -183,11 +183,22 @@ def measure_prices(
 
 
 def price_policy(
-    prices: Prices, policy: ExitPolicy, result: EngineResult, repeats: int = 3
+    prices: Prices,
+    policy: ExitPolicy,
+    result: EngineResult,
+    repeats: int = 3,
+    hidden_size: int | None = None,
 ) -> Prices:
     """``prices`` plus the seconds of one call of ``policy`` on ``r`` rows, for each ``r`` the
     work log scored, on a one-layer view of feature values the run recorded (a call's time
-    does not depend on the values)."""
+    does not depend on the values); a policy that reads hidden states gets states of
+    ``hidden_size`` (the model's), as the engine hands them over."""
+    if policy.reads_hidden and hidden_size is None:
+        raise AdaInferError(
+            f"policy {policy.name!r} reads hidden states: its calls are priced on states of "
+            "the model's width",
+            "pass hidden_size=loaded.hidden_size",
+        )
     counts = sorted({r for work in result.work for r in work.classified if r})
     classify = {}
     for r in counts:
@@ -196,7 +207,14 @@ def price_policy(
             seen = column[~np.isnan(column)]
             if len(seen):
                 values[name] = np.resize(seen, r).astype(np.float32)
-        view = one_layer_view(values, np.resize(result.prediction, r), np.resize(result.seq_len, r))
+        states = None
+        if policy.reads_hidden:
+            states = (
+                np.random.default_rng(0).standard_normal((r, 1, hidden_size)).astype(np.float16)
+            )
+        view = one_layer_view(
+            values, np.resize(result.prediction, r), np.resize(result.seq_len, r), states
+        )
         call = partial(decide, policy, policy.first_layer, view, r)
         classify[r] = _fastest(call, repeats, torch.device("cpu"))
     return replace(prices, classify=classify)

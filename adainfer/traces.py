@@ -32,6 +32,7 @@ from adainfer.files import cannot_write, share
 log = logging.getLogger(__name__)
 
 _META = b"adainfer.trace"
+_HIDDEN = "hidden"  # the column of a trace's hidden states (when its key keeps them)
 
 
 def data_digest(encoded: EncodedPrompts) -> str:
@@ -59,9 +60,19 @@ class TraceKey:
     precision: str = "default"  # weights dtype and trainer precision: both change the numbers
     probe: str = "logit_lens"
     record_version: str = RECORD_VERSION
+    # How the hidden states are kept (features.HIDDEN_FORMAT); "" when the trace has none.
+    hidden: str = ""
+
+    def fields(self) -> dict:
+        """What identifies the trace (its file name and the key stored in it). ``hidden`` is
+        left out when empty, so a trace without hidden states has the key older code gave it."""
+        fields = asdict(self)
+        if not self.hidden:
+            del fields["hidden"]
+        return fields
 
     def digest(self) -> str:
-        payload = json.dumps(asdict(self), sort_keys=True).encode()
+        payload = json.dumps(self.fields(), sort_keys=True).encode()
         return hashlib.sha256(payload).hexdigest()[:32]
 
 
@@ -94,8 +105,16 @@ class TraceStore:
         try:
             table = pq.read_table(path)
             meta = json.loads(table.schema.metadata[_META])
+            hidden = None
+            if _HIDDEN in table.column_names:
+                hidden = _hidden_from(table.column(_HIDDEN))
+                table = table.drop_columns([_HIDDEN])
             records = LayerRecords.from_frame(table.to_pandas())
-            if meta["key"] != asdict(key) or records.num_instances != key.instances:
+            if key.hidden:
+                if hidden is None:
+                    raise ValueError("its key keeps hidden states and it has none")
+                records.hidden = hidden.reshape(records.num_instances, records.num_layers, -1)
+            if meta["key"] != key.fields() or records.num_instances != key.instances:
                 raise ValueError("its key or size does not match")
             if meta["checksum"] != _checksum(records):
                 raise ValueError("its content checksum does not match")
@@ -111,8 +130,12 @@ class TraceStore:
         (a ``read_only`` store, or the write failed: warned, the caller keeps its records)."""
         if self.read_only:
             return None
+        if bool(key.hidden) != (records.hidden is not None):
+            raise ValueError(f"trace key hidden={key.hidden!r} and records.hidden disagree")
         table = pa.Table.from_pandas(records.to_frame(), preserve_index=False)
-        meta = {"key": asdict(key), "checksum": _checksum(records)}
+        if records.hidden is not None:
+            table = table.append_column(_HIDDEN, _hidden_column(records.hidden))
+        meta = {"key": key.fields(), "checksum": _checksum(records)}
         table = table.replace_schema_metadata({_META: json.dumps(meta).encode()})
         tmp = None
         try:
@@ -148,10 +171,27 @@ class TraceStore:
         return records
 
 
+def _hidden_column(hidden: np.ndarray) -> pa.Array:
+    """[N, L, h] float16 as one fixed-size list per (instance, layer) row, in the frame's order
+    (instance, then layer); the float16 bits as uint16, which every Parquet reader keeps."""
+    h = hidden.shape[-1]
+    bits = np.ascontiguousarray(hidden, dtype=np.float16).view(np.uint16).reshape(-1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(bits, pa.uint16()), h)
+
+
+def _hidden_from(column: pa.ChunkedArray) -> np.ndarray:
+    """What :func:`_hidden_column` wrote, back as float16 rows [N·L, h]."""
+    column = column.combine_chunks()
+    bits = column.flatten().to_numpy(zero_copy_only=False).astype(np.uint16)
+    return bits.view(np.float16).reshape(-1, column.type.list_size)
+
+
 def _checksum(records: LayerRecords) -> str:
     digest = hashlib.sha256()
     for name in sorted(records.values):
         digest.update(np.ascontiguousarray(records.values[name], dtype=np.float32).tobytes())
     for array in (records.argmax, records.gold, records.seq_len):
         digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+    if records.hidden is not None:  # absent: the checksum older code wrote
+        digest.update(np.ascontiguousarray(records.hidden, dtype=np.float16).tobytes())
     return digest.hexdigest()

@@ -146,7 +146,8 @@ def bench_model(name: str, args: argparse.Namespace, cache: Path) -> None:
             timing = timings[label]
             cost = run_costs(timing.result, loaded.config, engine.policy)
             result = timing.result
-            ideal_t = timed_ideal_speedup(result, price_policy(prices, engine.policy, result))
+            priced = price_policy(prices, engine.policy, result, hidden_size=loaded.hidden_size)
+            ideal_t = timed_ideal_speedup(result, priced)
             ratio = timing.best_speedup / ideal_t
             target = TARGETS.get(bs)
             verdict = ""

@@ -27,6 +27,7 @@ from adainfer.policies import (
     NeverExit,
     OracleConsistent,
     OracleGold,
+    StatePolicy,
     SVMPolicy,
 )
 from adainfer.probes import TunedLens
@@ -56,8 +57,8 @@ def traced(loaded):
         _TRACED[loaded.name] = (
             train,
             test,
-            extract_records(loaded, train, 8, QUIET),
-            extract_records(loaded, test, 8, QUIET),
+            extract_records(loaded, train, 8, QUIET, hidden_states=True),
+            extract_records(loaded, test, 8, QUIET, hidden_states=True),
         )
     return _TRACED[loaded.name]
 
@@ -72,8 +73,14 @@ def fitted(kind: str, loaded):
     """
     _, _, train_records, _ = traced(loaded)
     r = train_records
-    consistent = LayerRecords(r.values, r.argmax, r.argmax[:, -1].copy(), r.seq_len)
-    policy = {"svm": SVMPolicy, "logreg": LogRegPolicy, "gap": GapThreshold}[kind]()
+    consistent = LayerRecords(r.values, r.argmax, r.argmax[:, -1].copy(), r.seq_len, r.hidden)
+    policy = {
+        "svm": SVMPolicy,
+        "logreg": LogRegPolicy,
+        "gap": GapThreshold,
+        "state": StatePolicy,  # learns "agrees with the last layer" whatever the gold token
+        "state shared": lambda: StatePolicy(head="shared"),
+    }[kind]()
     policy.fit(consistent)
     policy.threshold = float(np.quantile(policy.scores(consistent)[:, :-1], 0.6))
     return policy
@@ -187,6 +194,34 @@ def test_online_decisions_equal_trace_evaluation(tiny_model, kind):
         result.values["gap"][visited], test_records.gap[visited], rtol=1e-4, atol=1e-6
     )
     assert sum(sum(w.rows) for w in result.work) == result.exit_layer.sum()
+
+
+@pytest.mark.parametrize("kind", ["state", "state shared", "state from layer 2"])
+def test_a_state_head_decides_online_as_on_traces_and_probes_only_its_exits(tiny_model, kind):
+    """A head on hidden states scores every running row from ``first_layer`` on without a
+    probe; only the rows that stop are probed, for their answer; the exits and predictions
+    are the trace evaluation's."""
+    _, test, _, test_records = traced(tiny_model)
+    policy = fitted(kind.removesuffix(" from layer 2"), tiny_model)
+    policy.first_layer = 2 if kind.endswith("layer 2") else 1
+    expected = apply_exits(test_records, policy.exit_layers(test_records))
+    L = tiny_model.num_layers
+    assert (expected.exit_layer < L).any()
+    # Tiny OPT answers the same at each layer for every train prompt: each of its per-layer
+    # heads learns a constant, so all its prompts exit together.
+    constant = kind != "state shared" and tiny_model.config.model_type == "opt"
+    assert constant or len(np.unique(expected.exit_layer)) > 1
+    result = EarlyExitEngine(tiny_model, policy).run(test.input_ids, batch_size=5)
+    assert result.exit_layer.tolist() == expected.exit_layer.tolist()
+    assert result.prediction.tolist() == expected.prediction.tolist()
+    probed = ~np.isnan(result.values["gap"])
+    assert np.array_equal(probed, np.arange(L)[None, :] == result.exit_layer[:, None] - 1)
+    for work in result.work:
+        assert sum(work.probed) == len(work.seq_len)  # one probe per prompt: its answer
+        scored = [
+            rows if policy.first_layer <= i + 1 < L else 0 for i, rows in enumerate(work.rows)
+        ]
+        assert work.classified == scored
 
 
 @pytest.mark.parametrize("kind", ["svm", "gap"])
@@ -387,14 +422,18 @@ def test_timed_ideal_prices_the_shapes_each_run_ran(tiny_llama):
     assert timed_ideal_speedup(shallow, prices) > timed_ideal_speedup(gap, gap_prices)
 
 
-@pytest.mark.parametrize("kind", ["gap from layer 2", "fixed", "never"])
+@pytest.mark.parametrize(
+    "kind", ["gap from layer 2", "fixed", "never", "state", "state from layer 2"]
+)
 def test_trace_flops_equal_the_engines_work_at_batch_size_one(tiny_llama, kind):
     """Trace evaluation's honest FLOPs ratio is what the engine executes, prompt by prompt,
-    translators of a tuned lens included."""
+    translators of a tuned lens included (a state head: 2h + 5 per scored layer, and one
+    probe, at the exit)."""
     _, test, _, test_records = traced(tiny_llama)
     L = tiny_llama.num_layers
-    policy = {"fixed": FixedExit(2), "never": NeverExit()}.get(kind) or fitted("gap", tiny_llama)
-    policy.first_layer = 2 if kind.startswith("gap") else 1
+    policy = {"fixed": FixedExit(2), "never": NeverExit()}.get(kind)
+    policy = policy or fitted(kind.removesuffix(" from layer 2"), tiny_llama)
+    policy.first_layer = 2 if kind.endswith("from layer 2") else 1
     eye = TunedLens.identity(L, tiny_llama.hidden_size)
     engine = EarlyExitEngine(tiny_llama, policy, eye)
     online = [

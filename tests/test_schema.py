@@ -26,7 +26,8 @@ OPTIONS = [
 # (null = the policy's own rule, as before), so classifier.threshold=... needs no "+"; hub models
 # name their family (model_type), checked against a model.path folder; every classifier shows its
 # first_layer (1 = every layer, as before; probe.first_layer is its deprecated alias); the job
-# config names its stage (all = extract, decide and log, as before).
+# config names its stage (all = extract, decide and log, as before). classifier=state is new
+# since the snapshot: its entry was taken when it was added, in the snapshot's shape.
 THRESHOLD_SHOWN = ("adainfer.policies.SVMPolicy", "adainfer.policies.CRFPolicy")
 FAMILY = {"llama2_7b": "llama", "llama2_13b": "llama", "llama2_70b": "llama", "opt_13b": "opt"}
 

@@ -7,12 +7,13 @@ import stat
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from conftest import compose_cfg
 
 from adainfer import pipeline, tracking
-from adainfer.features import LayerRecords, probe_layers
+from adainfer.features import HIDDEN_FORMAT, RECORDED, LayerRecords, probe_layers
 from adainfer.models import cache
 from adainfer.policies import SVMPolicy
 from adainfer.tasks import RuleTask
@@ -237,3 +238,83 @@ def test_failed_trace_write_keeps_the_records(tiny_llama, encoded, tmp_path, cap
         got = store.get_or_compute(_key(encoded[1]), lambda: records)
     assert got is records
     assert "could not store trace" in caplog.text and str(tmp_path / "traces") in caplog.text
+
+
+def test_a_trace_with_hidden_states_is_reused_only_for_identical_settings(
+    tiny_llama, encoded, tmp_path
+):
+    """A policy that reads hidden states (classifier=state) gets traces that keep them, under
+    keys of their own: never a trace without them, nor one of another setting."""
+    from adainfer.runner import extract_records
+
+    store = TraceStore(tmp_path)
+    train, _ = encoded
+    plain, states = _key(train), _key(train, hidden=HIDDEN_FORMAT)
+    assert plain.digest() != states.digest()
+    store.put(plain, extract_records(tiny_llama, train, 4))
+    assert store.get(states) is None  # a trace without hidden states is not one with them
+    first = store.get_or_compute(
+        states, lambda: extract_records(tiny_llama, train, 4, hidden_states=True)
+    )
+    L, h = tiny_llama.num_layers, tiny_llama.hidden_size
+    assert first.hidden.shape == (len(train.input_ids), L, h) and first.hidden.dtype == np.float16
+    again = store.get_or_compute(states, lambda: pytest.fail("must not recompute"))
+    assert np.array_equal(again.hidden, first.hidden) and np.array_equal(again.argmax, first.argmax)
+    assert store.get(plain).hidden is None  # and the trace without them stays as it was
+    for change in ({"shots": 3}, {"seed": 1}, {"probe": "tuned"}, {"data": "0" * 64}):
+        assert store.get(_key(train, hidden=HIDDEN_FORMAT, **change)) is None, change
+    # A damaged hidden column is caught by the checksum, not read.
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(store.path(states))
+    column = table.column("hidden").combine_chunks()
+    bits = column.flatten().to_numpy().copy()
+    bits[0] ^= 1
+    damaged = pa.FixedSizeListArray.from_arrays(pa.array(bits, pa.uint16()), column.type.list_size)
+    table = table.set_column(table.column_names.index("hidden"), "hidden", damaged)
+    pq.write_table(table, store.path(states))
+    assert store.get(states) is None and not store.path(states).exists()
+
+
+OLD_TRACE = Path(__file__).parent / "data" / "old_trace"
+
+
+def _old_trace_key(**changes) -> TraceKey:
+    """The key tests/data/old_trace/ was stored under, by the code before hidden states
+    (commit 60636c9): three instances, four layers, random values from seed 14."""
+    fields = dict(
+        model="tiny_llama",
+        model_identity="tiny:old",
+        task="t",
+        split="train",
+        shots=2,
+        seed=0,
+        instances=3,
+        data="d" * 64,
+    )
+    return TraceKey(**(fields | changes))
+
+
+def test_a_trace_the_older_code_stored_is_read_as_it_was_and_never_as_one_with_hidden_states(
+    tmp_path, caplog
+):
+    import shutil
+
+    shutil.copytree(OLD_TRACE, tmp_path, dirs_exist_ok=True)
+    store = TraceStore(tmp_path)
+    old = _old_trace_key()
+    assert store.path(old).exists(), "the old file keeps its name: its key is unchanged"
+    records = store.get(old)
+    rng = np.random.default_rng(14)
+    values = {k: rng.random((3, 4)).astype(np.float32) for k in RECORDED}
+    argmax = rng.integers(0, 50, (3, 4))
+    assert np.array_equal(records.argmax, argmax) and records.hidden is None
+    for name in RECORDED:
+        assert np.array_equal(records.values[name], values[name])
+    # Asked with hidden states, the same setting misses it ...
+    states = _old_trace_key(hidden=HIDDEN_FORMAT)
+    assert store.get(states) is None
+    # ... and even under that key's file name, the old file is refused, not misread.
+    shutil.copy(store.path(old), store.path(states))
+    assert store.get(states) is None and not store.path(states).exists()
+    assert "unusable" in caplog.text

@@ -2,7 +2,9 @@
 
 After each decoder layer the last real token of every still-running prompt is probed (final
 norm + LM head, softmax, top-2: the same logit lens as ``features.probe_layers``), the policy
-decides on a one-layer view of those features, and the rows that stop leave the batch: their
+decides on a one-layer view of those features, and the rows that stop leave the batch (a
+policy that reads the hidden state instead, ``state``, decides on that state and only the rows
+that stop are probed, for their answer): their
 hidden states, masks and position tensors are index-selected away, so the next layer runs on
 fewer rows. The result holds, per prompt, the exit layer, the prediction there, and the
 features of every layer it visited, plus a log of the work done (:class:`BatchWork`) for
@@ -21,10 +23,10 @@ import torch.nn.functional as F
 from adainfer.batching import length_order, pad_right
 from adainfer.capture import Hooks, last_token
 from adainfer.engine.inputs import LayerInputs, check_supported, layer_inputs
-from adainfer.engine.online import check_policy, decide
+from adainfer.engine.online import check_policy, decide, one_layer_view
 from adainfer.engine.result import BatchWork, EngineResult, Outputs
 from adainfer.errors import AdaInferError
-from adainfer.features import RECORDED, readout
+from adainfer.features import RECORDED, LayerRecords, half_state, readout
 from adainfer.models.loading import LoadedModel
 from adainfer.models.placement import input_device
 from adainfer.policies import ExitPolicy
@@ -137,6 +139,7 @@ class EarlyExitEngine:
         check_probe(self.lens, self.num_layers, loaded.hidden_size)
         self.policy = policy
         self.probe_every_layer = policy.reads_probe
+        self.score_state = policy.scores_state  # a head on hidden states: no probe to decide
         unknown = sorted(set(record) - set(RECORDED))
         if unknown:
             raise AdaInferError(
@@ -246,6 +249,12 @@ class EarlyExitEngine:
             return np.ones(n, dtype=bool)
         return decide(self.policy, depth, view(), n)
 
+    def _state_view(self, rows: _Rows) -> LayerRecords:
+        """What a policy that reads hidden states sees of the layer just run: the last real
+        token's state of each running row, as traces keep it (``features.half_state``)."""
+        states = half_state(rows.last_hidden()).cpu().numpy()[:, None]
+        return one_layer_view({}, np.full(rows.n, -1), rows.seq_len, states)
+
     @torch.no_grad()
     def run_batch(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep_logits: bool = False
@@ -278,11 +287,17 @@ class EarlyExitEngine:
                     stop = self._decide(depth, rows.n, partial(out.view, rows, i))
                     work.probed.append(rows.n)
                     work.classified.append(0 if depth == L else rows.n)
-                else:  # the policy reads no features: probe only where rows stop
-                    stop = self._decide(depth, rows.n, lambda: None)
+                else:  # the policy reads no probe features: probe only where rows stop
+                    # A head on hidden states scores every row from first_layer on (below L).
+                    scored = self.score_state and self.policy.first_layer <= depth < L
+                    if self.score_state and depth < self.policy.first_layer:
+                        stop = np.zeros(rows.n, dtype=bool)  # no decision before first_layer
+                    else:
+                        view = partial(self._state_view, rows) if scored else lambda: None
+                        stop = self._decide(depth, rows.n, view)
                     logits = self._probe_stopping(rows, out, i, stop) if stop.any() else None
                     work.probed.append(int(stop.sum()))
-                    work.classified.append(0)
+                    work.classified.append(rows.n if scored else 0)
                 if stop.any():
                     kept = logits[torch.from_numpy(stop)] if vocab else None
                     out.finish(rows.alive[stop], depth, kept)

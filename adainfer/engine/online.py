@@ -2,8 +2,9 @@
 
 In trace evaluation a policy sees all L layers of an instance at once. The engine only has the
 layers it has run, so it can serve only policies whose decision at layer l reads layer l alone
-(``svm``, ``logreg``, ``gap``, ``never``, and :class:`FixedExit`). For those, a one-layer view
-of the features — the same numbers, shape [n, 1] — gives exactly the trace decision. The CRF
+(``svm``, ``logreg``, ``gap``, ``state``, ``never``, and :class:`FixedExit`). For those, a
+one-layer view of the features (or hidden states) — the same numbers, shape [n, 1] — gives
+exactly the trace decision. The CRF
 (Viterbi or marginals over the whole layer sequence) and the oracles (the gold answer, the last
 layer's prediction) look ahead and are refused.
 """
@@ -90,13 +91,20 @@ def needs_features(policy: ExitPolicy) -> bool:
     return policy.reads_probe
 
 
-def one_layer_view(values: dict[str, np.ndarray], argmax: np.ndarray, seq_len: np.ndarray):
-    """Layer records of shape [n, 1]: what a per-layer policy sees of one layer."""
+def one_layer_view(
+    values: dict[str, np.ndarray],
+    argmax: np.ndarray,
+    seq_len: np.ndarray,
+    hidden: np.ndarray | None = None,
+):
+    """Layer records of shape [n, 1]: what a per-layer policy sees of one layer (``hidden``:
+    the states [n, 1, h], for a policy that reads them)."""
     return LayerRecords(
         values={name: column[:, None] for name, column in values.items()},
         argmax=argmax[:, None],
         gold=np.full(len(argmax), -1, dtype=np.int64),  # unknown online; no online policy reads it
         seq_len=seq_len,
+        hidden=hidden,
     )
 
 

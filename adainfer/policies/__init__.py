@@ -3,6 +3,7 @@
 from adainfer.policies.base import ExitPolicy, NeverExit, first_exit, load_policy
 from adainfer.policies.crf import CRFPolicy
 from adainfer.policies.oracle import OracleConsistent, OracleGold
+from adainfer.policies.state import StatePolicy
 from adainfer.policies.svm import LogRegPolicy, SVMPolicy
 from adainfer.policies.threshold import GapThreshold
 
@@ -15,6 +16,7 @@ __all__ = [
     "OracleConsistent",
     "OracleGold",
     "SVMPolicy",
+    "StatePolicy",
     "first_exit",
     "load_policy",
 ]

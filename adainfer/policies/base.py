@@ -19,7 +19,7 @@ import numpy as np
 
 from adainfer.errors import AdaInferError
 from adainfer.records import LayerRecords
-from adainfer.settings import FEATURES
+from adainfer.settings import FEATURES, HIDDEN_STATE
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,10 @@ class ExitPolicy(ABC):
 
     A policy says what it is, so that no other module needs to know its class:
 
-    - :attr:`reads`: the per-layer feature names its decision reads (the probe's outputs);
-      a policy that reads none decides without probing (:meth:`online_stop`).
+    - :attr:`reads`: the per-layer feature names its decision reads (the probe's outputs, or
+      ``"hidden_state"``: the last token's hidden state after the layer, which needs no probe);
+      a policy that reads no probe output decides without probing (:meth:`online_stop`), and
+      the engine probes only where it stops (:attr:`reads_probe`, :attr:`reads_hidden`).
     - :meth:`decision_flops`: what one decision (one instance at one layer) costs, priced in
       honest FLOPs (:mod:`adainfer.costs`). The base class does not know: a policy that does
       not declare its price is refused there, never charged a made-up one.
@@ -92,9 +94,23 @@ class ExitPolicy(ABC):
 
     @property
     def reads_probe(self) -> bool:
-        """Whether every visited layer must be probed for it: it reads features and can stop
-        early (one that never stops needs only the last layer's answer)."""
-        return bool(self.reads) and not self.never_stops()
+        """Whether every visited layer must be probed for it: it reads probe features and can
+        stop early (one that never stops needs only the last layer's answer)."""
+        return bool(set(self.reads) - {HIDDEN_STATE}) and not self.never_stops()
+
+    @property
+    def reads_hidden(self) -> bool:
+        """Whether it reads the last token's hidden state at each layer (``"hidden_state"`` in
+        :attr:`reads`): traces must keep those states (they are big: N x L x h), and the engine
+        hands them to :meth:`online_stop` at every layer it may stop at, without a probe."""
+        return HIDDEN_STATE in self.reads
+
+    @property
+    def scores_state(self) -> bool:
+        """Whether the engine scores the hidden state at every layer from ``first_layer`` up to
+        the last but one (it reads it and can stop early): what its work log counts as
+        classified, and what honest FLOPs charge."""
+        return self.reads_hidden and not self.never_stops()
 
     def decision_flops(self, hidden: int | None = None, layers: int | None = None) -> float:
         """FLOPs of one decision: scoring one instance at one layer, for a model of
@@ -313,6 +329,7 @@ def check_online(policy: ExitPolicy) -> None:
             f"policy {policy.name!r} cannot run in the early-exit engine: "
             f"{policy.not_online_because}, and the engine has not computed those when it must "
             "decide",
-            "use a per-layer policy: svm, logreg, gap, never or adainfer.engine.FixedExit; "
+            "use a per-layer policy: svm, logreg, gap, state, never or "
+            "adainfer.engine.FixedExit; "
             f"{policy.name!r} can still be evaluated on layer traces (adainfer.evaluate)",
         )
