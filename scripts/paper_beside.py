@@ -8,9 +8,9 @@ cell is the mean over the shot counts the reports hold among 5/10/15/20 (``--few
 the text above the tables says which ones that was for each task.
 
 ``--dropped`` adds, per model of ours, how many demonstrations were dropped so that prompts fit
-the context and how many prompts were truncated even so: the ``demos_dropped`` and
-``prompts_truncated`` metrics of the runs behind a cell, summed over its shot counts and (for
-``rules``) the suite's tasks, train and test prompts together. They come from CSVs written by
+the context, and from how many prompts: the ``demos_dropped`` and ``prompts_truncated``
+metrics of the runs behind a cell, summed over its shot counts and (for ``rules``) the suite's
+tasks, train and test prompts together. They come from CSVs written by
 ``python scripts/show_runs.py --no-suites --metrics demos_dropped prompts_truncated --csv F``.
 
     python scripts/paper_beside.py --ours docs/results --out docs/results/paper_beside.md
@@ -102,7 +102,7 @@ def _group_rows(frame, table, tasks, few, used, rename=None) -> list[dict]:
 def dropped_cells(
     paths: list[Path], used: dict[tuple[str, str], list[int]]
 ) -> dict[tuple[str, str, str], str]:
-    """(model, task, setting) -> "demos dropped / prompts truncated", summed over the runs of
+    """(model, task, setting) -> "demos dropped / prompts that lost any", summed over the runs of
     the cell's shot counts (classifier svm: every classifier of a setting sees the same prompts)."""
     frame = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
     frame = frame[frame.classifier == "svm"].drop_duplicates(subset=["model", "task", "shots"])
@@ -195,7 +195,7 @@ def main() -> None:
     if dropped:
         lines += [
             "`dropped <model>`: demonstrations dropped so that prompts fit the model's context / "
-            "prompts truncated even so, summed over the train and test prompts of the runs "
+            "prompts that lost any, summed over the train and test prompts of the runs "
             "behind the row (every shot count averaged; for `rules` every task of the suite); "
             "empty where those runs' counts were not given.",
             "",
