@@ -11,7 +11,9 @@ the text above the tables says which ones that was for each task.
 the context, and from how many prompts: the ``demos_dropped`` and ``prompts_truncated``
 metrics of the runs behind a cell, summed over its shot counts and (for ``rules``) the suite's
 tasks, train and test prompts together. They come from CSVs written by
-``python scripts/show_runs.py --no-suites --metrics demos_dropped prompts_truncated --csv F``.
+``python scripts/show_runs.py --no-suites --metrics demos_dropped prompts_truncated --csv F``
+(what the runs logged) or by ``python scripts/prompt_lengths.py --csv F`` (the same prompts
+encoded without the LLM); for each cell, the first CSV given that covers all its shot counts.
 
     python scripts/paper_beside.py --ours docs/results --out docs/results/paper_beside.md
     python scripts/paper_beside.py --ours docs/results/fewshot docs/results \
@@ -58,12 +60,12 @@ def our_cells(
 
 
 def _report_rows(folders: list[Path], name: str) -> pd.DataFrame | None:
-    """One report CSV from every folder that has it; a setting's row from the first folder."""
+    """One report CSV from every folder that has it; a setting's numbers from the first."""
     frames = [pd.read_csv(f / name) for f in folders if (f / name).exists()]
     if not frames:
         return None
-    frame = pd.concat(frames, ignore_index=True)
-    return frame.drop_duplicates(subset=KEYS, keep="first")
+    # Each value from the first folder that has it: a report holds only the tasks it ran.
+    return pd.concat(frames, ignore_index=True).groupby(KEYS, as_index=False, sort=False).first()
 
 
 def _group_rows(frame, table, tasks, few, used, rename=None) -> list[dict]:
@@ -77,10 +79,13 @@ def _group_rows(frame, table, tasks, few, used, rename=None) -> list[dict]:
             if chosen.empty:
                 continue
             for task in tasks:
+                ran = chosen[chosen[f"{task}/acc"].notna()]  # a report holds only what it ran
+                if ran.empty:
+                    continue
                 if setting == "few":
-                    used[(model, rename or task)] = sorted(chosen.shots.unique().tolist())
+                    used[(model, rename or task)] = sorted(ran.shots.unique().tolist())
                 for method in METHODS:
-                    by = chosen[chosen.classifier == (method if method != "full" else "svm")]
+                    by = ran[ran.classifier == (method if method != "full" else "svm")]
                     if by.empty:
                         continue
                     acc_key = f"{task}/acc_full" if method == "full" else f"{task}/acc"
@@ -102,23 +107,33 @@ def _group_rows(frame, table, tasks, few, used, rename=None) -> list[dict]:
 def dropped_cells(
     paths: list[Path], used: dict[tuple[str, str], list[int]]
 ) -> dict[tuple[str, str, str], str]:
-    """(model, task, setting) -> "demos dropped / prompts that lost any", summed over the runs of
-    the cell's shot counts (classifier svm: every classifier of a setting sees the same prompts)."""
-    frame = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
-    frame = frame[frame.classifier == "svm"].drop_duplicates(subset=["model", "task", "shots"])
+    """(model, task, setting) -> "demos dropped / prompts that lost any", summed over the
+    settings of the cell's shot counts, from the first CSV that covers all of them.
+
+    A CSV is either show_runs.py's (a row per run, a suite's tasks apart; classifier svm is
+    read, as every classifier of a setting sees the same prompts) or prompt_lengths.py's (a row
+    per model, task and shot count, the prompts encoded without running the LLM).
+    """
     members = {task: [task] for _, tasks in GROUPS.values() for task in tasks}
     known = {t for ts in members.values() for t in ts}
     cells = {}
-    for (model, task), few in used.items():
-        for setting, shots in (("zero", [0]), ("few", few)):
-            chosen = frame[(frame.model == model) & frame.shots.isin(shots)]
-            chosen = chosen[
-                chosen.task.isin(members[task]) if task in members else ~chosen.task.isin(known)
-            ]
-            if sorted(chosen.shots.unique().tolist()) != shots:
-                continue  # not every run behind the cell is in the CSVs: say nothing
-            dropped, truncated = chosen.demos_dropped.sum(), chosen.prompts_truncated.sum()
-            cells[(model, task, setting)] = f"{dropped:.0f} / {truncated:.0f}"
+    for path in paths:
+        frame = pd.read_csv(path)
+        if "classifier" in frame:
+            frame = frame[frame.classifier == "svm"]
+        frame = frame.drop_duplicates(subset=["model", "task", "shots"])
+        for (model, task), few in used.items():
+            for setting, shots in (("zero", [0]), ("few", few)):
+                if (model, task, setting) in cells:
+                    continue
+                chosen = frame[(frame.model == model) & frame.shots.isin(shots)]
+                chosen = chosen[
+                    chosen.task.isin(members[task]) if task in members else ~chosen.task.isin(known)
+                ]
+                if sorted(chosen.shots.unique().tolist()) != shots:
+                    continue  # not every setting behind the cell is in this CSV
+                dropped, truncated = chosen.demos_dropped.sum(), chosen.prompts_truncated.sum()
+                cells[(model, task, setting)] = f"{dropped:.0f} / {truncated:.0f}"
     return cells
 
 
@@ -179,7 +194,11 @@ def main() -> None:
     parser.add_argument("--paper", type=Path, default=PAPER)
     parser.add_argument("--few-shots", type=int, nargs="+", default=[5, 10, 15, 20])
     parser.add_argument(
-        "--dropped", type=Path, nargs="+", default=[], help="show_runs.py CSVs (see above)"
+        "--dropped",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="show_runs.py or prompt_lengths.py CSVs, the first covering a cell is used",
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -196,8 +215,10 @@ def main() -> None:
         lines += [
             "`dropped <model>`: demonstrations dropped so that prompts fit the model's context / "
             "prompts that lost any, summed over the train and test prompts of the runs "
-            "behind the row (every shot count averaged; for `rules` every task of the suite); "
-            "empty where those runs' counts were not given.",
+            "behind the row (every shot count averaged; for `rules` every task of the suite), "
+            "from "
+            + ", then ".join(f"`{p.name}`" for p in args.dropped)
+            + "; empty where none covers the row.",
             "",
         ]
     for table, frame in tables.items():
