@@ -84,6 +84,14 @@ def cases(bad_data: Path) -> list[Case]:
         Case(
             "unwritable store", [*tiny, f"mlflow.tracking_uri=sqlite:///{bad_data}/f/x.db"], "store"
         ),
+        Case("unknown stage", ["stage=decid"]),
+        Case("stage=decide with engine=true", ["stage=decide", "engine=true"]),
+        Case("stage=extract without traces", ["stage=extract", "traces.enabled=false"]),
+        Case(
+            "stage=decide with nothing extracted",
+            [*tiny, "stage=decide", f"traces.dir={bad_data}/no_traces"],
+            "model",
+        ),
     ]
 
 
