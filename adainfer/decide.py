@@ -93,14 +93,13 @@ def decide(
     """Fit ``policy`` on the trace set's fit records, calibrate it to ``limit`` on its
     calibration records when both are given, score it on its test records; the metrics include
     what prompt building did (truncations, dropped demonstrations)."""
-    calibration = traces.calibration if limit is not None else None
     outcome = score(
         policy,
         traces.fit,
         traces.test,
         traces.model,
         traces.probe,
-        calibration,
+        traces.calibration,
         limit,
         resplits,
     )

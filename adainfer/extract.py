@@ -259,17 +259,13 @@ class Extractor:
         }
         return self.lenses.get_or_fit(key, fit)
 
-    def misses(self) -> int:
-        """LLM passes so far (records computed, not read from the store)."""
-        return self.store.misses if self.store else -1
-
     def extract(
         self, model: LoadedModel, prompts: TaskPrompts, fit_model: LoadedModel | None = None
     ) -> TraceSet:
         """The task's :class:`TraceSet`: each split read through the model's probe (a tuned lens
         is fitted per model on its own train prompts of this task); the training pairs of
         ``fit.model`` through that model's own probe."""
-        before = self.misses()
+        before = self.store.misses if self.store else 0
         name = prompts.task
         probe = self.probe(model, prompts.train)
         other = fit_model if fit_model is not None else model
@@ -292,5 +288,5 @@ class Extractor:
             probe=probe,
             model=model,
             stats=prompts.stats(),
-            computed=self.store is None or self.misses() > before,
+            computed=self.store is None or self.store.misses > before,
         )

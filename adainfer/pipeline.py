@@ -219,7 +219,9 @@ def _params(job: Job) -> dict:
 
 def _sizes(job: Job, name: str) -> dict[str, int]:
     prompts, member = job.prompts[name], job.inputs.members[name]
-    n_cal = len(prompts.calibration.input_ids) if job.limit and prompts.calibration else 0
+    n_cal = (
+        len(prompts.calibration.input_ids) if job.limit and prompts.calibration is not None else 0
+    )
     # what the task asked for (None: all); the counts: what it got
     requested = {f"{k}_requested": getattr(member, k, None) for k in ("n_train", "n_test")}
     requested["n_calibration_requested"] = getattr(member, "n_calibration", 0)
