@@ -2,7 +2,8 @@
 
 For each model, task and shot count: the train and test prompts ``python run.py`` would build
 (same seed, sampling and context fitting), their count, their tokens (as given and padded to
-the longest of each batch of ``--batch-size``, what the LLM pass computes), the longest prompt,
+the longest of each batch of ``--batch-size``, with the prompts sorted by length as the LLM
+pass batches them: what it computes), the longest prompt,
 the model's context, and how many demonstrations were dropped to fit it, from how many prompts.
 Takes seconds per setting: a way to see what a grid will cost before running it.
 
@@ -20,6 +21,7 @@ from common import compose_config, use_shared_data
 
 def lengths(model: str, task: str, shots: int, n: int, batch: int, loaded=None):
     """One row of the table, and the loaded model (to reuse for the next setting)."""
+    from adainfer.batching import length_order
     from adainfer.job import build, load_inputs
     from adainfer.pipeline import prepare
 
@@ -39,7 +41,7 @@ def lengths(model: str, task: str, shots: int, n: int, batch: int, loaded=None):
         for encoded in prepare(
             member, inputs.splits[name], loaded, shots, cfg.seed, cfg.context_length
         ):
-            size = [len(ids) for ids in encoded.input_ids]
+            size = [len(encoded.input_ids[i]) for i in length_order(encoded.input_ids)]
             sizes += size
             padded += sum(
                 max(size[i : i + batch]) * len(size[i : i + batch])
