@@ -17,10 +17,13 @@ under this *exit model*: instance n, whose first stop with every layer asked is 
 ``layer_n`` is one decoder layer on its prompt, ``read_n`` one read, ``stop_n`` what an early
 exit costs beyond its read (the answer's LM head, for a policy that decides without a probe),
 ``last_n`` the last layer's answer (:func:`adainfer.costs.read_prices` prices them as the engine
-pays them). The model is exact — these are the exits the policy really makes under S — when a
-stop stays on once on (``stop[n, l]`` implies ``stop[n, l']`` for every ``l' > l``). Otherwise
-it is the cost model the schedule is chosen by: the real exit under S can come later than the
-modelled one, when the stop signal switches off again at the layers S asks.
+pays them at batch size 1; :func:`instance_costs` divides each instance's by its full-model
+cost, so the total is N times the mean ``honest_flops_ratio`` that trace evaluation logs).
+
+The exit model is exact — these are the exits the policy really makes under S — when a stop
+stays on once on (``stop[n, l]`` implies ``stop[n, l']`` for every ``l' > l``). Otherwise it
+is the cost model the schedule is chosen by: the real exit under S can come later than the
+modelled one, when the stop signal is off again at the layers S asks.
 
 With ``f(j)`` the least cost of the instances not yet exited after a read at layer ``j``
 (``j = first_layer - 1``: no read yet), and ``T(a, b]`` the instances with ``a < t_n ≤ b``::
