@@ -22,7 +22,8 @@ and fixed-sequence testing:
 With ``schedule=auto`` (:mod:`adainfer.schedule`) a candidate is a pair: the threshold λ and
 the schedule chosen for λ on the train split. Both are fixed before the calibration data is
 looked at, so the same argument holds for the pairs; the losses are those of the exits the
-pair makes (with ``schedule=all``, every layer is asked and a candidate is λ alone).
+pair makes (with ``schedule=all``, every layer is asked and a candidate is λ alone). A pair
+whose schedule asks at no layer is the full model, as +∞ is: it needs no test and is skipped.
 
 With ``n`` calibration instances, a threshold with ``k`` losses is accepted only when
 ``P(Bin(n, ε) ≤ k) ≤ δ``: at ε = 0.01 and δ = 0.1, ``n ≥ 230`` for ``k = 0``. Smaller
@@ -146,7 +147,8 @@ def calibrate(
     ``policy`` must be fitted; ``calibration`` holds labelled instances not used to fit it.
     A policy with ``schedule="auto"`` gets, with each candidate threshold, the schedule chosen
     for it on ``train`` (never on ``calibration``), priced with ``prices``
-    (:func:`adainfer.costs.read_prices`); it ends with the certified threshold's.
+    (:func:`adainfer.costs.read_prices`); a candidate whose schedule is empty never exits and
+    is skipped, as +inf needs no test; the policy ends with the certified threshold's schedule.
     """
     check_calibratable(policy)
     n = calibration.num_instances
@@ -160,8 +162,8 @@ def calibrate(
     train_scores = policy.scores(train) if auto else None
     chosen, k_chosen, p_chosen, tested = np.inf, 0, 1.0, 0
     for threshold in candidate_thresholds(policy, train, limit.grid)[1:]:
-        if auto:  # the candidate's schedule, from the train split alone
-            policy.choose_schedule(train, prices, threshold, train_scores)
+        if auto and not policy.choose_schedule(train, prices, threshold, train_scores):
+            continue  # asked nowhere (chosen on the train split alone): the full model, as +inf
         k = int(losses(calibration, policy.first_exits(scores > threshold)).sum())
         p = p_value(k, n, limit.epsilon)
         if p > limit.delta:

@@ -361,12 +361,34 @@ def test_risk_control_chooses_each_candidates_schedule_on_the_train_records_only
     chosen = calibrate(policy, train, cal, RiskLimit(0.2), prices)
     assert len(seen) > 2 and all(on_train for on_train, _ in seen)
     assert chosen.certified and chosen.tested >= 1
+    assert policy.chosen_schedule  # a certified pair asks somewhere: an empty one is skipped
     monkeypatch.undo()
     again = GapThreshold(threshold=chosen.threshold, schedule="auto").fit(train, prices)
     assert policy.chosen_schedule == again.chosen_schedule  # the certified pair's schedule
     test = _gap_records(2, n=300)
     checked = resplit_check(policy, train, cal, test, RiskLimit(0.2), 3, prices=prices)
     assert checked["risk_resplits"] == 3 and checked["risk_resplit_certified_rate"] > 0
+
+
+def test_risk_control_skips_a_candidate_whose_schedule_asks_nowhere():
+    """At a cautious threshold few instances stop, and the cheapest schedule reads nowhere: that
+    pair is the full model, as +inf is, so it is not counted as certified; the next candidate
+    stops everyone, mostly wrong, and fails: nothing is certified."""
+    n, L = 200, 8
+    sure = np.arange(n) < n // 10  # stop (rightly) only at the cautious threshold
+    gap = np.zeros((n, L))
+    gap[:, 1:] = np.where(sure, 0.95, 0.6)[:, None]
+    final = np.full(n, 7)
+    argmax = np.where(sure[:, None] & (gap > 0), 7, 3)
+    argmax[:, -1] = 7
+    values = {"gap": gap.astype(np.float32), "top_prob": gap.astype(np.float32)}
+    records = LayerRecords(values, argmax, final, np.full(n, 10))
+    prices = ReadPrices(lambda w: 1.0, 5.0, 0.0, 4)  # a read costs five layers
+    policy = GapThreshold(schedule="auto").fit(records, prices)
+    chosen = calibrate(policy, records, records, RiskLimit(0.1), prices)
+    assert not chosen.certified and chosen.tested == 0 and policy.threshold == np.inf
+    policy.choose_schedule(records, prices, threshold=0.9)  # the skipped candidate's schedule
+    assert policy.chosen_schedule == ()
 
 
 def test_a_job_logs_what_auto_chose_and_the_engine_follows_it(tmp_path, tracking_uri):
