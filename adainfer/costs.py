@@ -39,6 +39,7 @@ import numpy as np
 from adainfer.flops import flops_ratio
 from adainfer.policies import ExitPolicy
 from adainfer.probes import Probe
+from adainfer.schedule import ReadPrices
 
 if TYPE_CHECKING:
     from adainfer.engine.result import EngineResult
@@ -192,19 +193,30 @@ def run_costs(
     )
 
 
+def read_prices(config: Any, probe: Probe | None = None) -> ReadPrices:
+    """What a schedule's parts cost on this model, priced as :func:`run_costs` prices an engine
+    run at batch size 1 (for ``schedule="auto"``, :mod:`adainfer.schedule`): a layer on a
+    prompt, a read through ``probe`` below the last layer (LM head, softmax, top-2 and a tuned
+    lens's translator), the last layer's answer."""
+    dims = ModelDims.from_config(config)
+    translator = probe.flops() if probe is not None else 0.0
+    return ReadPrices(dims.layer, dims.probe() + translator, dims.head() + dims.vocab, dims.hidden)
+
+
 def single_prompt_work(
     exit_layer: int, width: int, policy: ExitPolicy, num_layers: int
 ) -> BatchWork:
     """The work log the engine writes for one prompt of ``width`` tokens run alone that exits
-    after ``exit_layer``: a policy that reads features probes (and, below the last layer,
-    scores) every layer from its ``first_layer`` on; one that reads none probes its exit only,
-    and one that reads the hidden state (``scores_state``) also scores, below the last layer,
-    every layer from its ``first_layer`` on."""
+    after ``exit_layer``: a policy that reads features probes and scores every layer of its
+    schedule (:meth:`~adainfer.policies.ExitPolicy.schedule_mask`: from its ``first_layer`` on,
+    below the last) and probes the last; one that reads none probes its exit only, and one that
+    reads the hidden state (``scores_state``) also scores every layer of its schedule."""
     layers = range(1, exit_layer + 1)
+    asked = policy.schedule_mask(num_layers)
     scores = policy.reads_probe or policy.scores_state
-    classified = [int(scores and policy.first_layer <= layer < num_layers) for layer in layers]
+    classified = [int(scores and asked[layer - 1]) for layer in layers]
     if policy.reads_probe:
-        probed = [int(layer >= policy.first_layer) for layer in layers]
+        probed = [int(asked[layer - 1] or layer == num_layers) for layer in layers]
     else:
         probed = [int(layer == exit_layer) for layer in layers]
     return BatchWork(width, np.array([width]), [1] * exit_layer, probed, classified)

@@ -53,7 +53,9 @@ def score(
     calibration/test partition (:func:`adainfer.risk.resplit_check`). ``first_layer``, when
     given, replaces the policy's own setting (a layer, or ``"auto"``, which the policy resolves
     when it is fitted: :func:`~adainfer.policies.base.earliest_settled` on the fit records).
-    ``loaded`` gives the model's dimensions (``hidden_size``, ``vocab_size``, ``config``).
+    ``loaded`` gives the model's dimensions (``hidden_size``, ``vocab_size``, ``config``), which
+    also price the reads of a policy with ``schedule="auto"``, chosen on ``fit_records``
+    (:mod:`adainfer.schedule`; under risk control, for each candidate threshold).
 
     Besides Eq. 2 (``flops_ratio``), ``honest_flops_ratio`` charges every probe, translator and
     classifier call the exits imply (:func:`adainfer.costs.trace_flops_ratio`).
@@ -61,15 +63,16 @@ def score(
     probe = probe or LogitLens()
     if first_layer is not None:
         policy.first_layer = first_layer
-    policy.fit(fit_records)
+    prices = costs.read_prices(loaded.config, probe)
+    policy.fit(fit_records, prices)
     calibrated = {}
     if limit is not None and calibration is not None:
         if policy.deployable:
             if resplits:  # before calibrating: each split calibrates its own copy
                 calibrated = resplit_check(
-                    policy, fit_records, calibration, test_records, limit, resplits
+                    policy, fit_records, calibration, test_records, limit, resplits, prices=prices
                 )
-            calibrated |= calibrate(policy, fit_records, calibration, limit).metrics()
+            calibrated |= calibrate(policy, fit_records, calibration, limit, prices).metrics()
         else:
             log.warning("%s looks at the answer: risk control leaves it as it is", policy.name)
     result = apply_exits(test_records, policy.exit_layers(test_records))
@@ -80,6 +83,8 @@ def score(
     )
     metrics["honest_flops_ratio"] = float(np.mean(honest))
     metrics["first_layer"] = float(policy.first_layer)  # what first_layer=auto chose
+    # how many layers it is asked at (schedule=auto: what it chose; the layers: a tag)
+    metrics["schedule_reads"] = float(len(policy.scheduled_layers(test_records.num_layers)))
     metrics |= agreement_metrics(test_records)
     return Outcome(metrics | calibrated, fit_records, test_records, result, policy, probe)
 

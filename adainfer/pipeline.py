@@ -211,10 +211,16 @@ def _params(job: Job) -> dict:
         "probe": cfg.probe.name,
         "probe_ridge": cfg.probe.get("ridge"),
         "probe_first_layer": policy.first_layer_setting,  # classifier.first_layer, or its alias
+        "schedule": _layers(policy.schedule),  # classifier.schedule; what auto chose: a tag
         "risk_epsilon": cfg.risk.epsilon,
         "risk_delta": cfg.risk.delta if job.limit is not None else None,
         "risk_resplits": cfg.risk.resplits if job.limit is not None else None,
     }
+
+
+def _layers(schedule: str | tuple[int, ...]) -> str:
+    """A schedule as a param or tag: its name, or its layers joined by commas."""
+    return schedule if isinstance(schedule, str) else ",".join(str(x) for x in schedule)
 
 
 def _sizes(job: Job, name: str) -> dict[str, int]:
@@ -337,6 +343,8 @@ def run(cfg: DictConfig, inputs: JobInputs | None = None) -> dict[str, float]:
             outcome.metrics |= _engine_metrics(job, traces, outcome)
             tracking.set_tags({"engine_device": str(input_device(job.model.model))})
         tracking.set_tags({"llm_forward": "computed" if traces.computed else "trace_store"})
+        asked = outcome.policy.scheduled_layers(outcome.test.num_layers)
+        tracking.set_tags({"schedule_layers": _layers(asked) or "none"})  # where it was asked
         _log_outcome(outcome, job.model, config_yaml)
         log.info("%s [%s]: %s", run_name, name, outcome.metrics)
         return outcome.metrics

@@ -19,6 +19,12 @@ and fixed-sequence testing:
   family-wise error rate at δ for any loss, monotone or not, so the most aggressive rejected λ̂
   has ``P(R(λ̂) > ε) ≤ δ`` over the draw of the calibration set.
 
+With ``schedule=auto`` (:mod:`adainfer.schedule`) a candidate is a pair: the threshold λ and
+the schedule chosen for λ on the train split. Both are fixed before the calibration data is
+looked at, so the same argument holds for the pairs; the losses are those of the exits the
+pair makes (with ``schedule=all``, every layer is asked and a candidate is λ alone). A pair
+whose schedule asks at no layer is the full model, as +∞ is: it needs no test and is skipped.
+
 With ``n`` calibration instances, a threshold with ``k`` losses is accepted only when
 ``P(Bin(n, ε) ≤ k) ≤ δ``: at ε = 0.01 and δ = 0.1, ``n ≥ 230`` for ``k = 0``. Smaller
 calibration sets can certify nothing and leave the full model — the guarantee costs data.
@@ -37,6 +43,7 @@ from adainfer.errors import AdaInferError
 from adainfer.evaluate import apply_exits
 from adainfer.policies.base import ExitPolicy
 from adainfer.records import LayerRecords
+from adainfer.schedule import ReadPrices
 
 
 @dataclass(frozen=True)
@@ -129,11 +136,19 @@ def check_calibratable(policy: ExitPolicy) -> None:
 
 
 def calibrate(
-    policy: ExitPolicy, train: LayerRecords, calibration: LayerRecords, limit: RiskLimit
+    policy: ExitPolicy,
+    train: LayerRecords,
+    calibration: LayerRecords,
+    limit: RiskLimit,
+    prices: ReadPrices | None = None,
 ) -> Calibration:
     """Set ``policy.threshold`` to the most aggressive threshold Learn-then-Test certifies.
 
     ``policy`` must be fitted; ``calibration`` holds labelled instances not used to fit it.
+    A policy with ``schedule="auto"`` gets, with each candidate threshold, the schedule chosen
+    for it on ``train`` (never on ``calibration``), priced with ``prices``
+    (:func:`adainfer.costs.read_prices`); a candidate whose schedule is empty never exits and
+    is skipped, as +inf needs no test; the policy ends with the certified threshold's schedule.
     """
     check_calibratable(policy)
     n = calibration.num_instances
@@ -143,14 +158,20 @@ def calibrate(
             "set task.n_calibration (held-out instances, e.g. 500)",
         )
     scores = policy.scores(calibration)
+    auto = policy.schedule == "auto"
+    train_scores = policy.scores(train) if auto else None
     chosen, k_chosen, p_chosen, tested = np.inf, 0, 1.0, 0
     for threshold in candidate_thresholds(policy, train, limit.grid)[1:]:
+        if auto and not policy.choose_schedule(train, prices, threshold, train_scores):
+            continue  # asked nowhere (chosen on the train split alone): the full model, as +inf
         k = int(losses(calibration, policy.first_exits(scores > threshold)).sum())
         p = p_value(k, n, limit.epsilon)
         if p > limit.delta:
             break
         chosen, k_chosen, p_chosen, tested = float(threshold), k, p, tested + 1
     policy.threshold = chosen
+    if auto:
+        policy.choose_schedule(train, prices)
     drop = apply_exits(calibration, policy.exit_layers(calibration)).accuracy_drop(calibration.gold)
     return Calibration(
         threshold=chosen,
@@ -177,11 +198,13 @@ def resplit_check(
     limit: RiskLimit,
     splits: int,
     seed: int = 0,
+    prices: ReadPrices | None = None,
 ) -> dict[str, float]:
     """Does the guarantee hold here? Pool calibration and test, redraw ``splits`` random
     calibration/test partitions of the same sizes, calibrate a copy of the fitted ``policy`` on
     each, and count how often its accuracy drop on the test part exceeds ε (the guarantee says
-    at most about δ of the time; the test part's own sampling noise adds to that).
+    at most about δ of the time; the test part's own sampling noise adds to that). ``prices``:
+    for a policy with ``schedule="auto"`` (:func:`calibrate`).
     """
     pool = LayerRecords.concat([calibration, test])
     n_cal = calibration.num_instances
@@ -191,7 +214,7 @@ def resplit_check(
         order = rng.permutation(pool.num_instances)
         cal, held = pool.take(order[:n_cal]), pool.take(order[n_cal:])
         trial = copy.deepcopy(policy)
-        certified.append(calibrate(trial, train, cal, limit).certified)
+        certified.append(calibrate(trial, train, cal, limit, prices).certified)
         result = apply_exits(held, trial.exit_layers(held))
         drops.append(result.accuracy_drop(held.gold))
         exits.append(result.exit_layer.mean())

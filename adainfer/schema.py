@@ -225,10 +225,11 @@ class SuiteSchema:
 @dataclass
 class NoSettingsClassifier:
     """A policy without settings of its own (never, oracle_gold, oracle_consistent); every
-    policy takes ``first_layer``."""
+    policy takes ``first_layer`` and ``schedule``."""
 
     _target_: str = MISSING
     first_layer: Any = MISSING  # 1 = every layer; auto = where 5% of train instances have settled
+    schedule: Any = MISSING  # all, every_<k>, auto (cheapest on the fit records) or [layers]
 
 
 @dataclass

@@ -10,6 +10,7 @@ The names of feature sets and probes live here for the same reason.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,20 @@ def _first_layer(v: Any) -> bool:
     return v == "auto" or _int(1)(v)
 
 
+def every_k(value: Any) -> int | None:
+    """k of a schedule spelt ``every_<k>`` (k >= 1); None for anything else."""
+    match = re.fullmatch(r"every_([1-9][0-9]*)", value) if isinstance(value, str) else None
+    return int(match.group(1)) if match else None
+
+
+def schedule_ok(value: Any) -> bool:
+    """A policy's schedule (``adainfer.schedule``): ``all``, ``auto``, ``every_<k>`` or a
+    non-empty list of layer numbers >= 1."""
+    if isinstance(value, list | tuple):
+        return bool(value) and all(_int(1)(layer) for layer in value)
+    return value in ("all", "auto") or every_k(value) is not None
+
+
 def _one_device(v: Any) -> bool:
     """One device, as a count or one id: the LLM pass does not gather several ranks' records
     yet, and Lightning would switch to DDP and lose them."""
@@ -128,6 +143,9 @@ CLASSIFIER: dict[str, Rule] = {
     "c2": Rule(_number(0), "a number >= 0", "0.1"),
     "max_iterations": Rule(_int(1), "a whole number >= 1", "100"),
     "first_layer": Rule(_first_layer, "a layer number >= 1, or auto", "auto"),
+    "schedule": Rule(
+        schedule_ok, "all, auto, every_<k> (k >= 1) or a list of layer numbers >= 1", "every_2"
+    ),
     "class_weight": Rule(_one_of(("balanced",)), "null or balanced", "balanced", True),
     "head": Rule(_one_of(STATE_HEADS), f"one of {list(STATE_HEADS)}", "shared"),
 }

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import QUIET, tiny
 
-from adainfer.costs import ModelDims, classifier_flops, run_costs, trace_flops_ratio
+from adainfer.costs import ModelDims, classifier_flops, read_prices, run_costs, trace_flops_ratio
 from adainfer.engine import ENGINE_MODEL_TYPES, EarlyExitEngine, FixedExit
 from adainfer.errors import AdaInferError
 from adainfer.evaluate import apply_exits
@@ -84,6 +84,35 @@ def fitted(kind: str, loaded):
     policy.fit(consistent)
     policy.threshold = float(np.quantile(policy.scores(consistent)[:, :-1], 0.6))
     return policy
+
+
+def configured(kind: str, loaded, probe=None):
+    """A :func:`fitted` policy of ``kind``, with what the kind's words set: ``from layer 2``
+    its first_layer, ``every 2`` its schedule, ``at stop layers`` the list of layers where
+    it stops some train prompt (asked at every layer), ``auto`` its schedule chosen on the
+    train records at its threshold (prices through ``probe``). ``state every 2 from layer 2``."""
+    base, _, first = kind.partition(" from layer ")
+    base, _, every = base.partition(" every ")
+    base, auto = base.removesuffix(" auto"), base.endswith(" auto")
+    base, stops = base.removesuffix(" at stop layers"), base.endswith(" at stop layers")
+    policy = fitted(base, loaded)
+    policy.first_layer = int(first or 1)
+    if every:
+        policy.schedule = f"every_{every}"
+    if stops:
+        _, _, train_records, _ = traced(loaded)
+        exits = policy.exit_layers(train_records)
+        policy.schedule = sorted(set(exits[exits < loaded.num_layers].tolist()))
+    if auto:
+        policy.schedule = "auto"
+        _, _, train_records, _ = traced(loaded)
+        policy.choose_schedule(train_records, read_prices(loaded.config, probe))
+    return policy
+
+
+def asked_or_last(policy, num_layers: int) -> np.ndarray:
+    """Boolean [L]: the layers the policy is asked at, and the last (every row's answer)."""
+    return policy.schedule_mask(num_layers) | (np.arange(1, num_layers + 1) == num_layers)
 
 
 def reads_all() -> GapThreshold:
@@ -177,18 +206,23 @@ def test_every_model_type_adainfer_probes_runs_in_the_engine(model_type):
 
 
 # -- the trace's decisions ---------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["svm", "logreg", "gap"])
+@pytest.mark.parametrize("kind", ["svm", "logreg", "gap", "gap every 2", "svm every 2", "svm auto"])
 def test_online_decisions_equal_trace_evaluation(tiny_model, kind):
+    """The engine's exits are the trace evaluation's, under every layer or a schedule."""
     _, test, _, test_records = traced(tiny_model)
-    policy = fitted(kind, tiny_model)
+    policy = configured(kind, tiny_model)
     expected = apply_exits(test_records, policy.exit_layers(test_records))
     result = EarlyExitEngine(tiny_model, policy).run(test.input_ids, batch_size=5)
     L = tiny_model.num_layers
+    if kind.endswith("auto"):  # it chose a schedule that skips a layer yet stops somewhere
+        assert 0 < len(policy.scheduled_layers(L)) < L - 1, policy.scheduled_layers(L)
     assert (expected.exit_layer < L).any() and len(np.unique(expected.exit_layer)) > 1
     assert result.exit_layer.tolist() == expected.exit_layer.tolist()
     assert result.prediction.tolist() == expected.prediction.tolist()
-    # Features exist exactly at the visited layers, and equal the trace's there.
+    # Features exist exactly at the visited layers the policy is asked at (and the last), and
+    # equal the trace's there.
     visited = np.arange(L)[None, :] < result.exit_layer[:, None]
+    visited &= asked_or_last(policy, L)[None, :]
     assert np.array_equal(~np.isnan(result.values["gap"]), visited)
     np.testing.assert_allclose(
         result.values["gap"][visited], test_records.gap[visited], rtol=1e-4, atol=1e-6
@@ -196,16 +230,20 @@ def test_online_decisions_equal_trace_evaluation(tiny_model, kind):
     assert sum(sum(w.rows) for w in result.work) == result.exit_layer.sum()
 
 
-@pytest.mark.parametrize("kind", ["state", "state shared", "state from layer 2"])
+@pytest.mark.parametrize(
+    "kind",
+    ["state", "state shared", "state from layer 2", "state at stop layers", "state auto"],
+)
 def test_a_state_head_decides_online_as_on_traces_and_probes_only_its_exits(tiny_model, kind):
-    """A head on hidden states scores every running row from ``first_layer`` on without a
-    probe; only the rows that stop are probed, for their answer; the exits and predictions
-    are the trace evaluation's."""
+    """A head on hidden states scores every running row at each layer it is asked at (from
+    ``first_layer`` on) without a probe; only the rows that stop are probed, for their
+    answer; the exits and predictions are the trace evaluation's."""
     _, test, _, test_records = traced(tiny_model)
-    policy = fitted(kind.removesuffix(" from layer 2"), tiny_model)
-    policy.first_layer = 2 if kind.endswith("layer 2") else 1
+    policy = configured(kind, tiny_model)
     expected = apply_exits(test_records, policy.exit_layers(test_records))
     L = tiny_model.num_layers
+    if kind in ("state at stop layers", "state auto"):  # a schedule that skips a layer
+        assert 0 < len(policy.scheduled_layers(L)) < L - 1, policy.scheduled_layers(L)
     assert (expected.exit_layer < L).any()
     # Tiny OPT answers the same at each layer for every train prompt: each of its per-layer
     # heads learns a constant, so all its prompts exit together.
@@ -218,10 +256,8 @@ def test_a_state_head_decides_online_as_on_traces_and_probes_only_its_exits(tiny
     assert np.array_equal(probed, np.arange(L)[None, :] == result.exit_layer[:, None] - 1)
     for work in result.work:
         assert sum(work.probed) == len(work.seq_len)  # one probe per prompt: its answer
-        scored = [
-            rows if policy.first_layer <= i + 1 < L else 0 for i, rows in enumerate(work.rows)
-        ]
-        assert work.classified == scored
+        asked = policy.schedule_mask(L)
+        assert work.classified == [rows if asked[i] else 0 for i, rows in enumerate(work.rows)]
 
 
 @pytest.mark.parametrize("kind", ["svm", "gap"])
@@ -242,6 +278,27 @@ def test_first_layer_skips_probes_and_keeps_the_trace_decisions(tiny_model, kind
         result.values["cos_hidden"][:, 1], test_records.values["cos_hidden"][:, 1], atol=1e-5
     )
     assert np.isnan(result.values["gap"][:, 0]).all()
+
+
+@pytest.mark.parametrize("kind", ["svm", "gap"])
+def test_a_schedule_skips_probes_between_its_reads_and_keeps_the_trace_decisions(tiny_model, kind):
+    """Asked at layers 1 and 3 of 4: no probe at layer 2, the trace's exits under the same
+    schedule, and the cosines at layer 3 still compare with layer 2."""
+    _, test, _, test_records = traced(tiny_model)
+    policy = configured(f"{kind} every 2", tiny_model)
+    assert policy.scheduled_layers(tiny_model.num_layers) == (1, 3)
+    expected = apply_exits(test_records, policy.exit_layers(test_records))
+    assert set(expected.exit_layer) <= {1, 3, 4} and (expected.exit_layer > 2).any()
+    engine = EarlyExitEngine(tiny_model, policy, record=("cos_hidden", "cos_mlp"))
+    result = engine.run(test.input_ids, batch_size=5)
+    assert result.exit_layer.tolist() == expected.exit_layer.tolist()
+    assert all(w.probed[1:2] == w.classified[1:2] == [0] for w in result.work if len(w.rows) > 1)
+    assert np.isnan(result.values["gap"][:, 1]).all()
+    ran = result.exit_layer >= 3
+    for name in ("cos_hidden", "cos_mlp"):
+        np.testing.assert_allclose(
+            result.values[name][ran, 2], test_records.values[name][ran, 2], atol=1e-5
+        )
 
 
 def test_cosines_only_when_read_or_recorded(tiny_model):
@@ -422,19 +479,25 @@ def test_timed_ideal_prices_the_shapes_each_run_ran(tiny_llama):
     assert timed_ideal_speedup(shallow, prices) > timed_ideal_speedup(gap, gap_prices)
 
 
-@pytest.mark.parametrize(
-    "kind", ["gap from layer 2", "fixed", "never", "state", "state from layer 2"]
-)
+TRACE_FLOPS = ["gap from layer 2", "fixed", "never", "state", "state from layer 2"]
+SCHEDULED = ["gap every 2", "fixed every 2", "state every 2 from layer 2", "svm auto", "state auto"]
+
+
+@pytest.mark.parametrize("kind", TRACE_FLOPS + SCHEDULED)
 def test_trace_flops_equal_the_engines_work_at_batch_size_one(tiny_llama, kind):
     """Trace evaluation's honest FLOPs ratio is what the engine executes, prompt by prompt,
     translators of a tuned lens included (a state head: 2h + 5 per scored layer, and one
-    probe, at the exit)."""
+    probe, at the exit), under every layer or a schedule."""
     _, test, _, test_records = traced(tiny_llama)
     L = tiny_llama.num_layers
-    policy = {"fixed": FixedExit(2), "never": NeverExit()}.get(kind)
-    policy = policy or fitted(kind.removesuffix(" from layer 2"), tiny_llama)
-    policy.first_layer = 2 if kind.endswith("from layer 2") else 1
     eye = TunedLens.identity(L, tiny_llama.hidden_size)
+    policy = {"fixed": FixedExit(2), "never": NeverExit()}.get(kind.split()[0])
+    if policy is not None:
+        policy.schedule = kind.replace("fixed every ", "every_") if " " in kind else "all"
+    else:
+        policy = configured(kind, tiny_llama, eye)
+    if kind.endswith("auto"):
+        assert 0 < len(policy.scheduled_layers(L)) < L - 1, policy.scheduled_layers(L)
     engine = EarlyExitEngine(tiny_llama, policy, eye)
     online = [
         run_costs(engine.run([ids], 1), tiny_llama.config, policy, eye).flops_ratio

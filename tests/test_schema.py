@@ -25,7 +25,8 @@ OPTIONS = [
 # What changed on purpose since the snapshot: svm and crf show the threshold every policy takes
 # (null = the policy's own rule, as before), so classifier.threshold=... needs no "+"; hub models
 # name their family (model_type), checked against a model.path folder; every classifier shows its
-# first_layer (1 = every layer, as before; probe.first_layer is its deprecated alias); the job
+# first_layer (1 = every layer, as before; probe.first_layer is its deprecated alias) and its
+# schedule (all = asked at every layer from first_layer on, as before); the job
 # config names its stage (all = extract, decide and log, as before). classifier=state is new
 # since the snapshot: its entry was taken when it was added, in the snapshot's shape.
 THRESHOLD_SHOWN = ("adainfer.policies.SVMPolicy", "adainfer.policies.CRFPolicy")
@@ -47,6 +48,7 @@ def test_each_option_composes_as_before_the_schemas(override):
     if expected["classifier"]["_target_"] in THRESHOLD_SHOWN:
         expected["classifier"]["threshold"] = None
     expected["classifier"]["first_layer"] = 1
+    expected["classifier"]["schedule"] = "all"
     expected["stage"] = "all"
     if expected["model"]["name"] in FAMILY:
         expected["model"]["model_type"] = FAMILY[expected["model"]["name"]]

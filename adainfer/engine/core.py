@@ -1,6 +1,7 @@
 """The early-exit engine: run the decoder layer by layer and stop computing finished rows.
 
-After each decoder layer the last real token of every still-running prompt is probed (final
+After each decoder layer the policy's schedule asks at (``ExitPolicy.schedule_mask``: every
+layer by default) the last real token of every still-running prompt is probed (final
 norm + LM head, softmax, top-2: the same logit lens as ``features.probe_layers``), the policy
 decides on a one-layer view of those features, and the rows that stop leave the batch (a
 policy that reads the hidden state instead, ``state``, decides on that state and only the rows
@@ -138,8 +139,9 @@ class EarlyExitEngine:
         check_policy(policy, self.num_layers)
         check_probe(self.lens, self.num_layers, loaded.hidden_size)
         self.policy = policy
-        self.probe_every_layer = policy.reads_probe
+        self.probe_every_layer = policy.reads_probe  # every layer it is asked at, and the last
         self.score_state = policy.scores_state  # a head on hidden states: no probe to decide
+        self.asked = policy.schedule_mask(self.num_layers)  # where the policy decides
         unknown = sorted(set(record) - set(RECORDED))
         if unknown:
             raise AdaInferError(
@@ -275,9 +277,10 @@ class EarlyExitEngine:
                     capture.last, capture.width = rows.last, rows.width
                 rows.advance(layer, i)
                 now = None
-                if self.probe_every_layer and depth < self.policy.first_layer:
-                    now = rows.last_hidden()  # the cosines at first_layer compare with it
-                    stop = np.zeros(rows.n, dtype=bool)  # no probe, no decision yet
+                asked = bool(self.asked[i])  # the policy decides after this layer (below L)
+                if self.probe_every_layer and not (asked or depth == L):
+                    now = rows.last_hidden()  # the cosines at the next read compare with it
+                    stop = np.zeros(rows.n, dtype=bool)  # no probe, no decision here
                     logits = None
                     work.probed.append(0)
                     work.classified.append(0)
@@ -286,12 +289,12 @@ class EarlyExitEngine:
                     logits = self._probe_all(rows, out, i, now, capture)
                     stop = self._decide(depth, rows.n, partial(out.view, rows, i))
                     work.probed.append(rows.n)
-                    work.classified.append(0 if depth == L else rows.n)
+                    work.classified.append(rows.n if asked else 0)
                 else:  # the policy reads no probe features: probe only where rows stop
-                    # A head on hidden states scores every row from first_layer on (below L).
-                    scored = self.score_state and self.policy.first_layer <= depth < L
-                    if self.score_state and depth < self.policy.first_layer:
-                        stop = np.zeros(rows.n, dtype=bool)  # no decision before first_layer
+                    # A head on hidden states scores every row at each layer it is asked at.
+                    scored = self.score_state and asked
+                    if not (asked or depth == L):
+                        stop = np.zeros(rows.n, dtype=bool)  # no decision off the schedule
                     else:
                         view = partial(self._state_view, rows) if scored else lambda: None
                         stop = self._decide(depth, rows.n, view)

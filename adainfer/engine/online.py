@@ -18,7 +18,7 @@ import numpy as np
 from adainfer.errors import AdaInferError
 from adainfer.features import LayerRecords
 from adainfer.policies import ExitPolicy
-from adainfer.policies.base import FirstLayer, check_online
+from adainfer.policies.base import FirstLayer, Schedule, check_online
 
 
 class FixedExit(ExitPolicy):
@@ -37,8 +37,9 @@ class FixedExit(ExitPolicy):
         features: tuple[str, ...] = (),
         threshold: float | None = None,
         first_layer: FirstLayer = 1,
+        schedule: Schedule = "all",
     ):
-        super().__init__(features, threshold, first_layer)
+        super().__init__(features, threshold, first_layer, schedule)
         if layer < 1:
             raise AdaInferError(f"FixedExit(layer={layer}): layers count from 1", "pass 1..L")
         self.layer = int(layer)

@@ -19,7 +19,8 @@ import numpy as np
 
 from adainfer.errors import AdaInferError
 from adainfer.records import LayerRecords
-from adainfer.settings import FEATURES, HIDDEN_STATE
+from adainfer.schedule import ReadPrices, best_schedule, instance_costs
+from adainfer.settings import FEATURES, HIDDEN_STATE, every_k, schedule_ok
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ _REGISTRY: dict[str, type[ExitPolicy]] = {}
 NOMINAL_DECISION_FLOPS = 100.0
 
 FirstLayer = int | Literal["auto"]
+# Where a policy is asked (adainfer.schedule): "all", "every_<k>", "auto" or the layers.
+Schedule = str | tuple[int, ...]
 
 
 def first_exit(stop: np.ndarray) -> np.ndarray:
@@ -57,6 +60,10 @@ class ExitPolicy(ABC):
     - :attr:`learned`: whether it must be fitted before it can decide.
     - ``first_layer``: no exit (and, in the engine, no probe) before this layer; ``"auto"``
       resolves when the policy is fitted (:func:`earliest_settled` on the fit records).
+    - ``schedule``: the layers, from ``first_layer`` on and below the last, at which it is
+      asked (probed, scored) and may stop: ``"all"`` (every one), ``"every_<k>"``
+      (``first_layer``, ``first_layer + k``, ...), a list of layers, or ``"auto"``, the
+      cheapest schedule on the fit records (:mod:`adainfer.schedule`), chosen when it is fitted.
     """
 
     name: ClassVar[str] = "policy"
@@ -128,11 +135,13 @@ class ExitPolicy(ABC):
         features: tuple[str, ...] = FEATURES,
         threshold: float | None = None,
         first_layer: FirstLayer = 1,
+        schedule: Schedule = "all",
     ):
         self.features = tuple(features)
         self.threshold = self.default_threshold if threshold is None else float(threshold)
         self.num_layers: int | None = None  # of the records it was fitted on
         self.first_layer = first_layer
+        self.schedule = schedule
 
     @property
     def first_layer(self) -> int:
@@ -160,17 +169,114 @@ class ExitPolicy(ABC):
             )
         self.first_layer_setting = self._first_layer = int(value)
 
+    @property
+    def schedule(self) -> Schedule:
+        """Where it is asked, as set: ``"all"``, ``"every_<k>"``, ``"auto"`` or the layers (a
+        sorted tuple); :meth:`schedule_mask` says which layers of a model that is."""
+        return self._schedule
+
+    @schedule.setter
+    def schedule(self, value: Schedule) -> None:
+        if not schedule_ok(value):
+            raise AdaInferError(
+                f"policy {self.name!r}: schedule={value!r} is not all, auto, every_<k> (k >= 1) "
+                "or a list of layer numbers >= 1",
+                "use classifier.schedule=all (every layer, as the paper), "
+                "classifier.schedule=every_2, classifier.schedule=auto or "
+                "classifier.schedule=[4,8,12]",
+            )
+        self._schedule: Schedule = (
+            tuple(sorted({int(x) for x in value})) if isinstance(value, list | tuple) else value
+        )
+        self.chosen_schedule: tuple[int, ...] | None = None  # what "auto" chose, when fitted
+
+    def schedule_mask(self, num_layers: int) -> np.ndarray:
+        """Boolean [num_layers]: entry l - 1 says whether the policy is asked after layer l,
+        i.e. may stop there (and, in the engine, is probed or scored there). Never before
+        ``first_layer``, never at the last layer, where every instance stops anyway."""
+        layers = np.arange(1, num_layers + 1)
+        asked = (layers >= self.first_layer) & (layers < num_layers)
+        if self._schedule == "all":
+            return asked
+        k = every_k(self._schedule)
+        if k is not None:
+            return asked & ((layers - self.first_layer) % k == 0)
+        listed = self.chosen_schedule if self._schedule == "auto" else self._schedule
+        if listed is None:
+            raise AdaInferError(
+                f"policy {self.name!r} has schedule='auto', which is chosen when it is fitted, "
+                "and it is not fitted yet",
+                "call policy.fit(records, prices) first (prices: adainfer.costs.read_prices), "
+                "or give it another schedule",
+            )
+        beyond = [layer for layer in listed if layer > num_layers]
+        if beyond:
+            raise AdaInferError(
+                f"policy {self.name!r}: schedule layers {beyond} are beyond this model's "
+                f"{num_layers} layers",
+                f"list layers of 1..{num_layers}",
+            )
+        return asked & np.isin(layers, listed)
+
+    def scheduled_layers(self, num_layers: int) -> tuple[int, ...]:
+        """The layers (1-based) at which it is asked on a model of ``num_layers``."""
+        return tuple(int(x) + 1 for x in np.flatnonzero(self.schedule_mask(num_layers)))
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _REGISTRY[cls.name] = cls
 
-    def fit(self, records: LayerRecords) -> ExitPolicy:
-        """Learn from the train split's (features_l, y_l) pairs; rules need no training.
-        Resolves ``first_layer="auto"`` on these records."""
+    def fit(self, records: LayerRecords, prices: ReadPrices | None = None) -> ExitPolicy:
+        """Learn from the train split's (features_l, y_l) pairs (:meth:`_learn`; rules need no
+        training). Resolves ``first_layer="auto"`` on these records, then ``schedule="auto"``
+        (:meth:`choose_schedule`), which needs the model's ``prices``
+        (:func:`adainfer.costs.read_prices`)."""
         self.num_layers = records.num_layers
         if self.first_layer_setting == "auto":
             self._first_layer = earliest_settled(records)
+        self._learn(records)
+        if self._schedule == "auto":
+            self.choose_schedule(records, prices)
         return self
+
+    def _learn(self, records: LayerRecords) -> None:  # noqa: B027 - optional hook
+        """Fit the model a learned policy decides with, on ``records``."""
+
+    def choose_schedule(
+        self,
+        records: LayerRecords,
+        prices: ReadPrices | None,
+        threshold: float | None = None,
+        scores: np.ndarray | None = None,
+    ) -> tuple[int, ...]:
+        """Set (and return) what ``schedule="auto"`` asks at: the schedule of least mean honest
+        FLOPs ratio on ``records`` (:func:`adainfer.schedule.best_schedule`), from each
+        instance's first stop with every layer from ``first_layer`` asked, at ``threshold``
+        (its own when None; ``scores``: its scores on ``records``, when already computed)."""
+        if prices is None:
+            raise AdaInferError(
+                f"policy {self.name!r} has schedule='auto', which prices its reads on the "
+                "model, and was given no prices",
+                "pass prices=adainfer.costs.read_prices(config, probe) to fit",
+            )
+        own = self.threshold
+        if threshold is not None:
+            self.threshold = float(threshold)
+        try:
+            if threshold is None:
+                stop = self.stop_mask(records)
+            else:
+                stop = (self.scores(records) if scores is None else scores) > self.threshold
+            L = records.num_layers
+            layers = np.arange(1, L + 1)
+            first_stop = first_exit(stop & (layers >= self.first_layer) & (layers < L))
+            decides = self.reads_probe or self.scores_state
+            decision = self.decision_flops(prices.hidden, L) if decides else 0.0
+            costs = instance_costs(prices, records.seq_len, L, self.reads_probe, decision, decides)
+        finally:
+            self.threshold = own
+        self.chosen_schedule, _ = best_schedule(first_stop, costs, L, min(self.first_layer, L))
+        return self.chosen_schedule
 
     @abstractmethod
     def scores(self, records: LayerRecords) -> np.ndarray:
@@ -184,11 +290,9 @@ class ExitPolicy(ABC):
         return self.first_exits(self.stop_mask(records))
 
     def first_exits(self, stop: np.ndarray) -> np.ndarray:
-        """1-based exit layers of a [N, L] stop mask, no earlier than ``first_layer``."""
-        if self.first_layer > 1:
-            stop = stop.copy()
-            stop[:, : self.first_layer - 1] = False
-        return first_exit(stop)
+        """1-based exit layers of a [N, L] stop mask: the first layer of its schedule (no
+        earlier than ``first_layer``) where it may stop, else the last."""
+        return first_exit(stop & self.schedule_mask(stop.shape[1]))
 
     def online_stop(self, layer: int, view: LayerRecords | None, rows: int) -> np.ndarray:
         """Boolean [rows]: which of ``rows`` active instances stop after ``layer`` (1-based),
@@ -213,7 +317,12 @@ class ExitPolicy(ABC):
             "params": self.params(),
             "num_layers": self.num_layers,
             "first_layer": self.first_layer,
+            "schedule": list(self.schedule) if isinstance(self.schedule, tuple) else self.schedule,
         }
+        if self.schedule == "auto":
+            meta["chosen_schedule"] = (
+                None if self.chosen_schedule is None else list(self.chosen_schedule)
+            )
         meta["model_file"] = self._save_model(folder)
         # Strict JSON: a threshold of +inf ("never exit") is written as the string "inf".
         meta["params"] = {k: _json_number(v) for k, v in meta["params"].items()}
@@ -277,6 +386,9 @@ def load_policy(folder: Path) -> ExitPolicy:
     policy = cls(**params)
     policy.num_layers = meta["num_layers"]
     policy.first_layer = int(meta.get("first_layer", 1))
+    policy.schedule = meta.get("schedule", "all")  # files from before schedules: every layer
+    if policy.schedule == "auto" and meta.get("chosen_schedule") is not None:
+        policy.chosen_schedule = tuple(int(layer) for layer in meta["chosen_schedule"])
     if meta["model_file"]:
         policy._load_model(_model_path(folder, meta["model_file"]))
     return policy

@@ -18,6 +18,7 @@ from adainfer.policies.base import (
     NOMINAL_DECISION_FLOPS,
     ExitPolicy,
     FirstLayer,
+    Schedule,
     single_class,
 )
 from adainfer.records import LayerRecords
@@ -46,9 +47,10 @@ class CRFPolicy(ExitPolicy):
         features: tuple[str, ...] = FEATURES,
         threshold: float | None = None,
         first_layer: FirstLayer = 1,
+        schedule: Schedule = "all",
         **crf_kwargs: Any,
     ) -> None:
-        super().__init__(features, threshold, first_layer)
+        super().__init__(features, threshold, first_layer, schedule)
         self.viterbi = threshold is None
         self.crf_kwargs = {"algorithm": "lbfgs", "max_iterations": 100, **crf_kwargs}
         self.model: sklearn_crfsuite.CRF | None = None
@@ -64,15 +66,13 @@ class CRFPolicy(ExitPolicy):
     def decision_flops(self, hidden: int | None = None, layers: int | None = None) -> float:
         return NOMINAL_DECISION_FLOPS  # a nominal price: its inference is not modelled
 
-    def fit(self, records: LayerRecords) -> CRFPolicy:
-        super().fit(records)
+    def _learn(self, records: LayerRecords) -> None:
         labels = records.labels
         self.model = None
         if not single_class(labels, self.name):
             self.model = sklearn_crfsuite.CRF(**self.crf_kwargs)
             tags = [[str(v) for v in row] for row in labels]
             self.model.fit(_sequences(records, self.features), tags)
-        return self
 
     def scores(self, records: LayerRecords) -> np.ndarray:
         shape = (records.num_instances, records.num_layers)

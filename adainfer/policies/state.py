@@ -31,7 +31,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from adainfer.errors import AdaInferError
-from adainfer.policies.base import ExitPolicy, FirstLayer, single_class
+from adainfer.policies.base import ExitPolicy, FirstLayer, Schedule, single_class
 from adainfer.records import LayerRecords
 from adainfer.settings import FEATURES, HIDDEN_STATE, STATE_HEADS
 
@@ -61,8 +61,9 @@ class StatePolicy(ExitPolicy):
         class_weight: str | None = None,
         head: str = "per_layer",
         first_layer: FirstLayer = 1,
+        schedule: Schedule = "all",
     ) -> None:
-        super().__init__(features, threshold, first_layer)
+        super().__init__(features, threshold, first_layer, schedule)
         if head not in STATE_HEADS:
             raise AdaInferError(
                 f"classifier 'state': head={head!r} is not one of {list(STATE_HEADS)}",
@@ -92,19 +93,17 @@ class StatePolicy(ExitPolicy):
         )
 
     # -- fit ----------------------------------------------------------------------------------
-    def fit(self, records: LayerRecords) -> StatePolicy:
-        super().fit(records)
+    def _learn(self, records: LayerRecords) -> None:
         hidden = _states(records, self.name)
         y = consistent(records)
         self.weight = self.bias = None
         if single_class(y.ravel(), self.name):
-            return self
+            return
         with warnings.catch_warnings():  # max_iter is generous; a near-separable layer is fine
             warnings.simplefilter("ignore", ConvergenceWarning)
             fitted = self._fit_per_layer if self.head == "per_layer" else self._fit_shared
             weight, bias = fitted(hidden, y)
         self.weight, self.bias = weight, bias  # float64: the fitted model's own numbers
-        return self
 
     def _fit_per_layer(self, hidden: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         layers, h = y.shape[1], hidden.shape[2]

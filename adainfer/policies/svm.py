@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from adainfer.errors import AdaInferError
-from adainfer.policies.base import ExitPolicy, FirstLayer, single_class
+from adainfer.policies.base import ExitPolicy, FirstLayer, Schedule, single_class
 from adainfer.records import LayerRecords
 from adainfer.settings import FEATURES
 
@@ -40,9 +40,10 @@ class SklearnPolicy(ExitPolicy):
         threshold: float | None = None,
         seed: int = 0,
         first_layer: FirstLayer = 1,
+        schedule: Schedule = "all",
         **kwargs: Any,
     ) -> None:
-        super().__init__(features, threshold, first_layer)
+        super().__init__(features, threshold, first_layer, schedule)
         self.seed = seed
         self.kwargs = kwargs
         self.model: Pipeline | None = None
@@ -61,13 +62,11 @@ class SklearnPolicy(ExitPolicy):
     def _X(self, records: LayerRecords) -> np.ndarray:
         return records.features(self.features).reshape(-1, len(self.features))
 
-    def fit(self, records: LayerRecords) -> SklearnPolicy:
-        super().fit(records)
+    def _learn(self, records: LayerRecords) -> None:
         y = records.labels.ravel()
         self.model = None
         if not single_class(y, self.name):
             self.model = make_pipeline(StandardScaler(), self._estimator()).fit(self._X(records), y)
-        return self
 
     def _raw_scores(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError
