@@ -15,7 +15,7 @@ before any run opens, so a prompt problem costs no half-logged run.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +202,7 @@ class Extractor:
     ) -> LayerRecords:
         probe = probe or LogitLens()
 
-        def key(probe: Probe) -> TraceKey:
+        def key(probe: Probe, hidden: bool = self.hidden_states) -> TraceKey:
             return TraceKey(
                 model=loaded.name,
                 model_identity=loaded.identity,
@@ -214,7 +214,7 @@ class Extractor:
                 data=data_digest(encoded),
                 precision=self._precision(loaded),
                 probe=probe.fingerprint,
-                hidden=HIDDEN_FORMAT if self.hidden_states else "",
+                hidden=HIDDEN_FORMAT if hidden else "",
             )
 
         def compute() -> LayerRecords:
@@ -231,6 +231,11 @@ class Extractor:
             )
             if extra:
                 self.store.put(key(probes[1]), records[1])
+            if self.store is not None and self.hidden_states:
+                # The same pass without the states is what a policy reading probe features
+                # asks for: stored too, so an svm job after a state job runs no LLM.
+                for read_by, made in zip(probes, records, strict=True):
+                    self.store.put(key(read_by, hidden=False), replace(made, hidden=None))
             return records[0]
 
         if self.store is None:

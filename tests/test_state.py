@@ -157,8 +157,14 @@ def test_a_job_stores_the_hidden_states_once_and_decides_on_them(tmp_path, track
     metrics = pipeline.run(compose_cfg([*common, "engine=true"]))
     assert metrics["engine_trace_agreement"] == 1.0
     stored = sorted((tmp_path / "traces").glob("*.parquet"))
-    assert len(stored) == 2  # train and test, each with its hidden states
-    assert all("hidden" in pq.read_schema(path).names for path in stored)
+    with_states = [path for path in stored if "hidden" in pq.read_schema(path).names]
+    assert len(with_states) == 2  # train and test, each with its hidden states
+    assert len(stored) == 4  # and the same pass without them, for policies on probe features
     shared = pipeline.run(compose_cfg([*common, "stage=decide", "classifier.head=shared"]))
     assert shared["acc_full"] == metrics["acc_full"]
     assert sorted((tmp_path / "traces").glob("*.parquet")) == stored  # read, not recomputed
+    # A policy that reads probe features decides on the plain traces that pass stored.
+    plain = [o for o in common if o != "classifier=state"]
+    svm = pipeline.run(compose_cfg([*plain, "stage=decide", "classifier=svm"]))
+    assert svm["acc_full"] == metrics["acc_full"]
+    assert sorted((tmp_path / "traces").glob("*.parquet")) == stored
