@@ -214,6 +214,26 @@ def test_hb_is_never_sharper_than_the_binomial_on_0_1_losses(n, epsilon):
         assert hb_p_value(k, n, epsilon) >= binomial_p_value(k, n, epsilon) * (1 - 1e-12)
 
 
+@pytest.mark.parametrize(
+    ("bound", "loss", "needed"),
+    [("binomial", "flip", 230), ("hb", "flip", 230), ("wsr", "flip", 310), ("wsr", "drop", 318)],
+)
+def test_how_many_loss_free_instances_each_bound_needs(bound, loss, needed):
+    """docs/RISK.md, "Bounds and losses": at ε = 1 point and δ = 0.1, the fewest calibration
+    instances that certify a threshold losing (and fixing) none."""
+    limit = RiskLimit(0.01, 0.1, bound=bound, loss=loss)
+    none_lost = np.zeros(needed, dtype=np.int64)
+    assert risk_p_value(none_lost, limit) <= 0.1 < risk_p_value(none_lost[1:], limit)
+
+
+def test_hb_on_the_drop_loss_needs_tens_of_thousands():
+    """Hoeffding–Bentkus sees only the mean, and a drop of 0 sits mid-range (0.5 against
+    (1 + ε)/2 = 0.505): even with no loss it needs over 30,000 instances at ε = 1 point."""
+    limit = RiskLimit(0.01, 0.1, bound="hb", loss="drop")
+    assert risk_p_value(np.zeros(30_000, dtype=np.int64), limit) > 0.1
+    assert risk_p_value(np.zeros(34_000, dtype=np.int64), limit) <= 0.1
+
+
 def test_wsr_depends_on_the_order_only_through_its_bets():
     """Deterministic given the order; another order of the same losses may differ."""
     x = (np.random.default_rng(1).random(300) < 0.03).astype(float)
