@@ -164,7 +164,10 @@ def compose(cfg: DictConfig, inputs: JobInputs | None = None) -> Job:
     """Check and build everything the job needs, before any run opens; load no weights."""
     inputs = inputs or load_inputs(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    limit = RiskLimit(cfg.risk.epsilon, cfg.risk.delta) if cfg.risk.epsilon is not None else None
+    limit = None
+    if cfg.risk.epsilon is not None:
+        risk = cfg.risk
+        limit = RiskLimit(risk.epsilon, risk.delta, bound=risk.bound, loss=risk.loss)
     model_spec = build(cfg.model, "model")
     fit_spec = build(cfg.fit.model, "fit.model") if cfg.fit.model else None
     if cfg.stage != "extract":  # no run to log into: the store is not needed
@@ -215,6 +218,8 @@ def _params(job: Job) -> dict:
         "risk_epsilon": cfg.risk.epsilon,
         "risk_delta": cfg.risk.delta if job.limit is not None else None,
         "risk_resplits": cfg.risk.resplits if job.limit is not None else None,
+        "risk_bound": cfg.risk.bound if job.limit is not None else None,
+        "risk_loss": cfg.risk.loss if job.limit is not None else None,
     }
 
 

@@ -1,17 +1,24 @@
 """Risk-controlled exit: pick a policy's threshold so that accuracy drops by at most ε, w.p. 1−δ.
 
 Learn-then-Test (Angelopoulos, Bates, Candès, Jordan, Lei, 2021, "Learn then Test: Calibrating
-Predictive Algorithms to Achieve Risk Control", arXiv:2110.01052), with a binomial tail bound
-and fixed-sequence testing:
+Predictive Algorithms to Achieve Risk Control", arXiv:2110.01052), with a valid p-value per
+threshold (``risk.bound``) on a per-instance loss (``risk.loss``) and fixed-sequence testing:
 
-- **Loss.** On a labelled calibration instance exited at threshold λ,
-  ``ℓ(λ) = 1[the full model is right and the exit is wrong]``. The accuracy drop against the
-  full model, ``E[1[full right] − 1[exit right]]``, is at most ``R(λ) = E[ℓ(λ)]``, so
-  ``R(λ) ≤ ε`` guarantees a drop of at most ε (conservatively: an exit that fixes a wrong
-  full-model answer earns no credit).
-- **Tests.** For each λ, the null hypothesis ``H_λ: R(λ) > ε`` has the exact binomial p-value
-  ``p_λ = P(Binomial(n, ε) ≤ Σ ℓ_i(λ))``: for i.i.d. calibration instances Σ ℓ is
-  Binomial(n, R(λ)), and under the null (R > ε) this tail is at most its value at R = ε.
+- **Loss.** On a labelled calibration instance exited at threshold λ:
+
+  - ``flip`` (default): ``ℓ(λ) = 1[the full model is right and the exit is wrong]``. The
+    accuracy drop against the full model, ``E[1[full right] − 1[exit right]]``, is at most
+    ``R(λ) = E[ℓ(λ)]``, so ``R(λ) ≤ ε`` guarantees a drop of at most ε (conservatively: an
+    exit that fixes a wrong full-model answer earns no credit).
+  - ``drop``: ``ℓ(λ) = 1[full right] − 1[exit right]`` in {−1, 0, 1}, whose mean *is* the
+    accuracy drop: a fixed answer pays for a lost one. The bounded-mean bounds test it
+    rescaled to [0, 1], ``(ℓ + 1)/2`` against ``(ε + 1)/2``.
+
+- **Tests.** For each λ, the null hypothesis ``H_λ: R(λ) > ε`` gets a p-value
+  (:mod:`adainfer.bounds`): ``binomial`` (default), the exact ``P(Binomial(n, ε) ≤ Σ ℓ_i(λ))``
+  (for i.i.d. calibration instances Σ ℓ is Binomial(n, R(λ)), and under the null this tail is
+  at most its value at R = ε; 0/1 losses only, so ``flip`` only); ``hb``, Hoeffding–Bentkus;
+  ``wsr``, Waudby-Smith–Ramdas betting, fed the losses in the calibration records' order.
 - **Fixed-sequence testing.** The candidate thresholds are ordered from the most cautious
   (+∞: never exit, zero loss by construction) to the most aggressive *before* looking at the
   calibration data (they are quantiles of the policy's scores on the train split). Walk down
@@ -25,8 +32,8 @@ looked at, so the same argument holds for the pairs; the losses are those of the
 pair makes (with ``schedule=all``, every layer is asked and a candidate is λ alone). A pair
 whose schedule asks at no layer is the full model, as +∞ is: it needs no test and is skipped.
 
-With ``n`` calibration instances, a threshold with ``k`` losses is accepted only when
-``P(Bin(n, ε) ≤ k) ≤ δ``: at ε = 0.01 and δ = 0.1, ``n ≥ 230`` for ``k = 0``. Smaller
+With ``n`` calibration instances, a threshold with ``k`` losses is accepted (binomial) only
+when ``P(Bin(n, ε) ≤ k) ≤ δ``: at ε = 0.01 and δ = 0.1, ``n ≥ 230`` for ``k = 0``. Smaller
 calibration sets can certify nothing and leave the full model — the guarantee costs data.
 """
 
@@ -37,22 +44,32 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import beta, binom
 
+from adainfer.bounds import (
+    binomial_p_value,
+    clopper_pearson,
+    hb_p_value,
+    inverted_upper_bound,
+    wsr_p_value,
+)
 from adainfer.errors import AdaInferError
 from adainfer.evaluate import apply_exits
 from adainfer.policies.base import ExitPolicy
 from adainfer.records import LayerRecords
 from adainfer.schedule import ReadPrices
+from adainfer.settings import RISK_BOUNDS, RISK_LOSSES, bound_loss_mismatch
 
 
 @dataclass(frozen=True)
 class RiskLimit:
-    """The user's knob: lose at most ``epsilon`` accuracy, with probability ≥ 1 − ``delta``."""
+    """The user's knob: lose at most ``epsilon`` accuracy, with probability ≥ 1 − ``delta``;
+    ``bound`` and ``loss`` say how each threshold is tested (see the module's docstring)."""
 
     epsilon: float
     delta: float = 0.1
     grid: int = 200  # candidate thresholds (quantiles of the train scores)
+    bound: str = "binomial"  # the p-value of H_λ: binomial, hb or wsr (adainfer.bounds)
+    loss: str = "flip"  # flip (no credit for fixes) or drop (the signed accuracy drop)
 
     def __post_init__(self) -> None:
         if not 0 < self.epsilon < 1:
@@ -67,6 +84,13 @@ class RiskLimit:
             )
         if self.grid < 1:
             raise AdaInferError(f"risk.grid={self.grid}", "use one or more candidate thresholds")
+        named = (("bound", self.bound, RISK_BOUNDS), ("loss", self.loss, RISK_LOSSES))
+        for key, value, names in named:
+            if value not in names:
+                raise AdaInferError(f"unknown risk.{key}={value!r}", f"use one of {list(names)}")
+        mismatch = bound_loss_mismatch(self.bound, self.loss)
+        if mismatch:
+            raise AdaInferError(*mismatch)
 
 
 @dataclass(frozen=True)
@@ -74,10 +98,12 @@ class Calibration:
     """What calibration chose and why (logged with a ``risk_`` prefix)."""
 
     threshold: float  # λ̂; +inf: nothing certified, never exit
-    losses: int  # Σ ℓ(λ̂) on the calibration split
+    losses: int  # Σ ℓ(λ̂) on the calibration split (drop: instances lost minus fixed)
     n: int  # calibration instances
     p_value: float  # of H_λ̂ (1.0 for +inf, which needs no test)
-    upper_bound: float  # one-sided (1−δ) Clopper–Pearson bound on R(λ̂)
+    # one-sided (1−δ) upper confidence bound on R(λ̂) from the same bound: Clopper–Pearson
+    # (binomial), the smallest ε that hb or wsr would reject at; loss=drop: on the drop's scale
+    upper_bound: float
     cal_drop: float  # acc_full − acc at λ̂ on the calibration split
     tested: int  # thresholds rejected before the first failure
     certified: bool  # whether any finite threshold was certified
@@ -91,20 +117,55 @@ class Calibration:
         return values
 
 
-def losses(records: LayerRecords, exit_layer: np.ndarray) -> np.ndarray:
-    """ℓ per instance: the full model is right and the exit is wrong."""
+def losses(records: LayerRecords, exit_layer: np.ndarray, loss: str = "flip") -> np.ndarray:
+    """ℓ per instance. ``flip``: the full model is right and the exit is wrong (bool);
+    ``drop``: ``1[full right] − 1[exit right]`` in {−1, 0, 1} (int)."""
     result = apply_exits(records, exit_layer)
-    return (result.full_prediction == records.gold) & (result.prediction != records.gold)
+    full_right = result.full_prediction == records.gold
+    exit_right = result.prediction == records.gold
+    if loss == "drop":
+        return full_right.astype(np.int64) - exit_right.astype(np.int64)
+    return full_right & ~exit_right
 
 
 def p_value(k: int, n: int, epsilon: float) -> float:
     """Exact binomial p-value of ``H: R > ε`` after ``k`` losses in ``n`` draws."""
-    return float(binom.cdf(k, n, epsilon))
+    return binomial_p_value(k, n, epsilon)
 
 
 def upper_bound(k: int, n: int, delta: float) -> float:
     """One-sided (1−δ) Clopper–Pearson upper confidence bound on a Bernoulli mean."""
-    return 1.0 if k >= n else float(beta.ppf(1 - delta, k + 1, n - k))
+    return clopper_pearson(k, n, delta)
+
+
+def _unit(values: np.ndarray, limit: RiskLimit) -> tuple[np.ndarray, float]:
+    """The losses and ε on [0, 1], as the bounded-mean bounds take them."""
+    if limit.loss == "drop":
+        return (values + 1) / 2, (limit.epsilon + 1) / 2
+    return values.astype(np.float64), limit.epsilon
+
+
+def risk_p_value(values: np.ndarray, limit: RiskLimit) -> float:
+    """p-value of ``H: E[ℓ] > ε`` from the calibration losses ``values`` (:func:`losses`, in
+    the calibration records' order, which ``wsr``'s bets follow) under ``limit.bound``."""
+    if limit.bound == "binomial":
+        return p_value(int(values.sum()), values.size, limit.epsilon)
+    x, level = _unit(values, limit)
+    if limit.bound == "hb":
+        return hb_p_value(float(x.sum()), x.size, level)
+    return wsr_p_value(x, level, limit.delta)
+
+
+def risk_upper_bound(values: np.ndarray, limit: RiskLimit) -> float:
+    """(1−δ) upper confidence bound on ``E[ℓ]`` from the same bound as :func:`risk_p_value`."""
+    if limit.bound == "binomial":
+        return upper_bound(int(values.sum()), values.size, limit.delta)
+    x, _ = _unit(values, limit)
+    if limit.bound == "hb":
+        bound = inverted_upper_bound(lambda m: hb_p_value(float(x.sum()), x.size, m), limit.delta)
+    else:
+        bound = inverted_upper_bound(lambda m: wsr_p_value(x, m, limit.delta), limit.delta)
+    return 2 * bound - 1 if limit.loss == "drop" else bound
 
 
 def candidate_thresholds(policy: ExitPolicy, train: LayerRecords, grid: int) -> np.ndarray:
@@ -160,25 +221,26 @@ def calibrate(
     scores = policy.scores(calibration)
     auto = policy.schedule == "auto"
     train_scores = policy.scores(train) if auto else None
-    chosen, k_chosen, p_chosen, tested = np.inf, 0, 1.0, 0
+    chosen, p_chosen, tested = np.inf, 1.0, 0
+    l_chosen = np.zeros(n, dtype=np.int64)  # never exiting loses (and fixes) nothing
     for threshold in candidate_thresholds(policy, train, limit.grid)[1:]:
         if auto and not policy.choose_schedule(train, prices, threshold, train_scores):
             continue  # asked nowhere (chosen on the train split alone): the full model, as +inf
-        k = int(losses(calibration, policy.first_exits(scores > threshold)).sum())
-        p = p_value(k, n, limit.epsilon)
+        values = losses(calibration, policy.first_exits(scores > threshold), limit.loss)
+        p = risk_p_value(values, limit)
         if p > limit.delta:
             break
-        chosen, k_chosen, p_chosen, tested = float(threshold), k, p, tested + 1
+        chosen, l_chosen, p_chosen, tested = float(threshold), values, p, tested + 1
     policy.threshold = chosen
     if auto:
         policy.choose_schedule(train, prices)
     drop = apply_exits(calibration, policy.exit_layers(calibration)).accuracy_drop(calibration.gold)
     return Calibration(
         threshold=chosen,
-        losses=k_chosen,
+        losses=int(l_chosen.sum()),
         n=n,
         p_value=p_chosen,
-        upper_bound=upper_bound(k_chosen, n, limit.delta),
+        upper_bound=risk_upper_bound(l_chosen, limit),
         cal_drop=drop,
         tested=tested,
         certified=math.isfinite(chosen),

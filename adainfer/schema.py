@@ -52,6 +52,8 @@ class RiskSchema:
     epsilon: Any = MISSING  # null: the policy's own threshold
     delta: Any = MISSING
     resplits: Any = MISSING
+    bound: Any = MISSING  # binomial, hb or wsr: the p-value of each threshold's test
+    loss: Any = MISSING  # flip or drop
 
 
 @dataclass

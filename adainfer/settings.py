@@ -35,6 +35,22 @@ HIDDEN_STATE = "hidden_state"
 STATE_HEADS = ("per_layer", "shared")  # how classifier=state is fitted (policies/state.py)
 PROBES = ("logit_lens", "tuned")
 STAGES = ("all", "extract", "decide")  # adainfer.pipeline
+# How risk control tests a threshold (adainfer.risk, adainfer.bounds): the p-value, the loss.
+RISK_BOUNDS = ("binomial", "hb", "wsr")
+RISK_LOSSES = ("flip", "drop")
+
+
+def bound_loss_mismatch(bound: Any, loss: Any) -> tuple[str, str] | None:
+    """(problem, fix) when ``risk.bound`` cannot test ``risk.loss``: the exact binomial p-value
+    counts 0/1 losses, and only ``flip`` is one."""
+    if bound == "binomial" and loss in RISK_LOSSES and loss != "flip":
+        return (
+            f"risk.bound=binomial with risk.loss={loss}: the binomial p-value counts 0/1 "
+            f"losses, and the {loss} loss takes -1, 0 and 1",
+            f"test it with a bounded-mean bound (e.g. risk.bound=wsr risk.loss={loss}), "
+            "or keep the binomial with risk.loss=flip",
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -119,6 +135,8 @@ RUN: dict[str, Rule] = {
     "risk.epsilon": Rule(_number(0, 1, open_low=True), "a fraction in (0, 1)", "0.01", True),
     "risk.delta": Rule(_number(0, 1, open_low=True), "a probability in (0, 1)", "0.1"),
     "risk.resplits": Rule(_int(0), "a whole number >= 0", "20"),
+    "risk.bound": Rule(_one_of(RISK_BOUNDS), f"one of {list(RISK_BOUNDS)}", "wsr", unknown="bound"),
+    "risk.loss": Rule(_one_of(RISK_LOSSES), f"one of {list(RISK_LOSSES)}", "drop", unknown="loss"),
     "probe.name": Rule(_one_of(PROBES), f"one of {list(PROBES)}", "tuned", unknown="probe"),
     "probe.first_layer": Rule(_first_layer, "a layer number >= 1, or auto", "auto"),
     "probe.ridge": Rule(_number(0), "a number >= 0", "0.1"),
@@ -210,6 +228,10 @@ def check_settings(cfg: DictConfig) -> list[str]:
                 f"(e.g. {prefix}tasks=[antonym,capitalize])"
             )
     problems += _problems(plain.get("classifier") or {}, CLASSIFIER, "classifier.")
+    risk = plain.get("risk") or {}
+    mismatch = bound_loss_mismatch(risk.get("bound"), risk.get("loss"))
+    if mismatch:
+        problems.append(f"{mismatch[0]} ({mismatch[1]})")
     return problems + _stage_problems(plain)
 
 

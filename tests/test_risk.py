@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from conftest import compose_cfg
+from test_cli import run_py
 
 from adainfer import pipeline
+from adainfer.bounds import binomial_p_value, hb_p_value, wsr_p_value
 from adainfer.errors import AdaInferError
 from adainfer.evaluate import apply_exits
 from adainfer.features import LayerRecords
 from adainfer.policies import GapThreshold
-from adainfer.risk import RiskLimit, calibrate, min_calibration_size, p_value, upper_bound
+from adainfer.risk import (
+    RiskLimit,
+    calibrate,
+    losses,
+    min_calibration_size,
+    p_value,
+    risk_p_value,
+    upper_bound,
+)
 
 
-def population(n: int, layers: int = 12, seed: int = 0) -> LayerRecords:
+def population(n: int, layers: int = 12, seed: int = 0, overthink: float = 0.0) -> LayerRecords:
     """Instances whose answer settles at a random layer; the gap rises as it settles, noisily,
-    so a gap threshold trades accuracy for depth and has a true risk curve to control."""
+    so a gap threshold trades accuracy for depth and has a true risk curve to control.
+    With ``overthink``, that share of the instances the full model gets right lose their right
+    answer at the last layer: exiting before it *fixes* them (otherwise no exit ever does)."""
     rng = np.random.default_rng(seed)
     settle = rng.integers(1, layers + 1, size=n)
     right = rng.random(n) < 0.7  # the full model's accuracy
@@ -24,6 +38,9 @@ def population(n: int, layers: int = 12, seed: int = 0) -> LayerRecords:
     layer = np.arange(1, layers + 1)
     settled = layer[None, :] >= settle[:, None]
     argmax = np.where(settled & right[:, None], 7, rng.integers(100, 200, size=(n, layers)))
+    if overthink:
+        lost = right & (settle < layers) & (rng.random(n) < overthink)
+        argmax[lost, -1] = 99
     gap = np.clip(0.3 * settled + 0.6 * rng.random((n, layers)), 0, 1).astype(np.float32)
     return LayerRecords({"gap": gap, "top_prob": gap}, argmax, gold, np.full(n, 20, dtype=np.int64))
 
@@ -41,10 +58,13 @@ def test_binomial_bound_in_closed_form():
     assert upper_bound(0, 230, 0.1) == pytest.approx(1 - 0.1 ** (1 / 230))
 
 
-def test_the_guarantee_holds_over_calibration_draws():
+@pytest.mark.parametrize(
+    ("bound", "loss"), [("binomial", "flip"), ("hb", "flip"), ("wsr", "flip"), ("wsr", "drop")]
+)
+def test_the_guarantee_holds_over_calibration_draws(bound, loss):
     """P(test drop > ε) ≤ δ: draw many calibration sets from one population and score each
     chosen threshold on a large independent sample (its true drop, up to noise)."""
-    limit = RiskLimit(epsilon=0.05, delta=0.2, grid=40)
+    limit = RiskLimit(epsilon=0.05, delta=0.2, grid=40, bound=bound, loss=loss)
     pool, truth = population(20_000, seed=1), population(50_000, seed=2)
     train = population(500, seed=3)
     rng = np.random.default_rng(0)
@@ -55,6 +75,7 @@ def test_the_guarantee_holds_over_calibration_draws():
         policy = GapThreshold()
         chosen = calibrate(policy, train, cal, limit)
         certified += chosen.certified
+        assert chosen.upper_bound <= limit.epsilon  # what the test rejected, its bound says
         drops.append(drop(truth, policy))
         violations += drops[-1] > limit.epsilon
     assert certified > 50  # it does exit: the test is not passed by never exiting
@@ -116,7 +137,186 @@ def test_pipeline_logs_the_calibration(tracking_uri, tmp_path):
         ]
     )
     metrics = pipeline.run(cfg)
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    run = mlflow.search_runs(experiment_names=["risk"]).iloc[0]
+    assert (run["params.risk_bound"], run["params.risk_loss"]) == ("binomial", "flip")
     assert metrics["risk_n"] == 10
     assert metrics["risk_certified"] == 0.0  # 10 instances cannot certify 5 points at δ=0.1
     assert metrics["acc_drop"] == 0.0 and metrics["exit_layer_mean"] == 4
     assert metrics["risk_resplits"] == 3 and metrics["risk_resplit_certified_rate"] == 0.0
+
+
+# --- the bounds ------------------------------------------------------------------------------
+
+N_SIM = 2000  # Monte Carlo draws per null; 3 standard errors of a rate of δ = 0.1: 0.02
+MC_TOLERANCE = 3 * math.sqrt(0.1 * 0.9 / N_SIM)
+
+
+def bernoulli_null(rng, n: int, epsilon: float) -> tuple[np.ndarray, str]:
+    return (rng.random(n) < epsilon).astype(np.int64), "flip"
+
+
+def drop_null(rng, n: int, epsilon: float) -> tuple[np.ndarray, str]:
+    """Signed drops with mean exactly ε: 10% of instances lost, 10% − ε fixed."""
+    return rng.choice([-1, 0, 1], size=n, p=[0.1 - epsilon, 0.8 + epsilon, 0.1]), "drop"
+
+
+def rejection_rate(p_of, null, epsilon=0.05, delta=0.1, n=200, seed=0) -> float:
+    rng = np.random.default_rng(seed)
+    return float(np.mean([p_of(*null(rng, n, epsilon)) <= delta for _ in range(N_SIM)]))
+
+
+@pytest.mark.parametrize(
+    ("bound", "null"),
+    [
+        ("binomial", bernoulli_null),
+        ("hb", bernoulli_null),
+        ("wsr", bernoulli_null),
+        ("hb", drop_null),
+        ("wsr", drop_null),
+    ],
+)
+def test_each_p_value_is_valid_at_the_boundary(bound, null):
+    """With the true risk exactly ε, a valid p-value is ≤ δ at most a δ share of the time."""
+
+    def p_of(values, loss):
+        return risk_p_value(values, RiskLimit(0.05, 0.1, bound=bound, loss=loss))
+
+    assert rejection_rate(p_of, null) <= 0.1 + MC_TOLERANCE
+
+
+def test_the_validity_check_catches_an_invalid_p_value():
+    """The binomial p-value on the drop loss's net count (the pairing compose refuses) treats
+    −1/0/1 losses as 0/1 ones, underestimates their spread and rejects far too often."""
+
+    def p_of(values, loss):
+        return binomial_p_value(max(int(values.sum()), 0), values.size, 0.05)
+
+    assert rejection_rate(p_of, drop_null) > 0.1 + 5 * MC_TOLERANCE
+
+
+def test_the_bounds_reject_when_the_risk_is_well_below_epsilon():
+    """Validity alone is passed by p = 1: each bound must also certify a clearly small risk."""
+    rng = np.random.default_rng(0)
+    flips = (rng.random(1000) < 0.01).astype(np.int64)
+    drops = rng.choice([-1, 0, 1], size=1000, p=[0.08, 0.85, 0.07])  # mean −0.01: net fixes
+    for bound in ("binomial", "hb", "wsr"):
+        assert risk_p_value(flips, RiskLimit(0.05, bound=bound)) < 0.01
+    assert risk_p_value(drops, RiskLimit(0.05, bound="wsr", loss="drop")) < 0.01
+
+
+@pytest.mark.parametrize("n", [50, 230, 1000])
+@pytest.mark.parametrize("epsilon", [0.01, 0.05, 0.2])
+def test_hb_is_never_sharper_than_the_binomial_on_0_1_losses(n, epsilon):
+    for k in range(n // 3):
+        assert hb_p_value(k, n, epsilon) >= binomial_p_value(k, n, epsilon) * (1 - 1e-12)
+
+
+@pytest.mark.parametrize(
+    ("bound", "loss", "needed"),
+    [("binomial", "flip", 230), ("hb", "flip", 230), ("wsr", "flip", 310), ("wsr", "drop", 318)],
+)
+def test_how_many_loss_free_instances_each_bound_needs(bound, loss, needed):
+    """docs/RISK.md, "Bounds and losses": at ε = 1 point and δ = 0.1, the fewest calibration
+    instances that certify a threshold losing (and fixing) none."""
+    limit = RiskLimit(0.01, 0.1, bound=bound, loss=loss)
+    none_lost = np.zeros(needed, dtype=np.int64)
+    assert risk_p_value(none_lost, limit) <= 0.1 < risk_p_value(none_lost[1:], limit)
+
+
+def test_hb_on_the_drop_loss_needs_tens_of_thousands():
+    """Hoeffding–Bentkus sees only the mean, and a drop of 0 sits mid-range (0.5 against
+    (1 + ε)/2 = 0.505): even with no loss it needs over 30,000 instances at ε = 1 point."""
+    limit = RiskLimit(0.01, 0.1, bound="hb", loss="drop")
+    assert risk_p_value(np.zeros(30_000, dtype=np.int64), limit) > 0.1
+    assert risk_p_value(np.zeros(34_000, dtype=np.int64), limit) <= 0.1
+
+
+def test_wsr_depends_on_the_order_only_through_its_bets():
+    """Deterministic given the order; another order of the same losses may differ."""
+    x = (np.random.default_rng(1).random(300) < 0.03).astype(float)
+    assert wsr_p_value(x, 0.1, 0.1) == wsr_p_value(x.copy(), 0.1, 0.1)
+    assert wsr_p_value(np.zeros(300), 0.1, 0.1) < 1e-6  # no loss in 300: the capital soars
+    assert wsr_p_value(np.ones(300), 0.1, 0.1) == 1.0
+
+
+# --- the losses ------------------------------------------------------------------------------
+
+
+def test_the_drop_loss_is_the_flip_loss_when_no_exit_fixes_an_answer():
+    records = population(2000, seed=5)  # a wrong full answer is wrong at every layer
+    for layer in (1, 4, 8, 12):
+        exits = np.full(records.num_instances, layer)
+        flip, drop = losses(records, exits), losses(records, exits, "drop")
+        assert flip.any() or layer == 12
+        np.testing.assert_array_equal(drop, flip.astype(np.int64))
+        assert drop.mean() == pytest.approx(apply_exits(records, exits).accuracy_drop(records.gold))
+
+
+def test_the_drop_loss_gives_credit_for_fixes():
+    """Where early exits fix answers the last layer breaks, the drop loss certifies a more
+    aggressive threshold than the flip loss under the same bound, and its calibration drop
+    stays within ε."""
+    train = population(500, seed=3, overthink=0.3)
+    cal = population(1500, seed=6, overthink=0.3)
+    fixes = losses(cal, np.full(cal.num_instances, 11), "drop") == -1
+    assert fixes.sum() > 50
+    chosen = {}
+    for loss in ("flip", "drop"):
+        policy = GapThreshold()
+        chosen[loss] = calibrate(policy, train, cal, RiskLimit(0.02, bound="wsr", loss=loss))
+        assert chosen[loss].certified
+    assert chosen["drop"].threshold < chosen["flip"].threshold
+    assert chosen["drop"].tested > chosen["flip"].tested
+    assert chosen["drop"].cal_drop <= 0.02 and chosen["drop"].upper_bound <= 0.02
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+def test_default_results_are_unchanged():
+    """risk.bound and risk.loss unset are the binomial on the flip loss, with the numbers the
+    code gave before they existed (pinned from commit fc4ad0b)."""
+    pinned = [
+        ((0.05, 400, 11), (0.5946261882781981, 13, 0.06136189975028436, 0.047041112711893936, 15)),
+        (
+            (0.02, 1000, 12),
+            (0.6122018013681683, 0, 1.6829673572159574e-09, 0.002299936177446683, 14),
+        ),
+        ((0.01, 300, 13), (0.6122018013681683, 0, 0.049040894071285854, 0.0076459038678994935, 14)),
+    ]
+    train = population(500, seed=3)
+    for (epsilon, n, seed), (threshold, k, p, bound, tested) in pinned:
+        cal = population(n, seed=seed)
+        default = calibrate(GapThreshold(), train, cal, RiskLimit(epsilon, 0.1, grid=50))
+        explicit = RiskLimit(epsilon, 0.1, grid=50, bound="binomial", loss="flip")
+        assert calibrate(GapThreshold(), train, cal, explicit) == default
+        assert (default.threshold, default.losses, default.tested) == (threshold, k, tested)
+        assert default.p_value == pytest.approx(p, rel=1e-12)
+        assert default.upper_bound == pytest.approx(bound, rel=1e-12)
+    assert compose_cfg([]).risk.bound == "binomial" and compose_cfg([]).risk.loss == "flip"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"loss": "drop"}, "risk.bound=binomial with risk.loss=drop"),
+        ({"bound": "hoeffding"}, "unknown risk.bound='hoeffding'"),
+        ({"loss": "zero_one"}, "unknown risk.loss='zero_one'"),
+    ],
+)
+def test_a_bound_that_cannot_test_the_loss_is_refused(kwargs, message):
+    with pytest.raises(AdaInferError, match=message) as err:
+        RiskLimit(0.01, **kwargs)
+    assert "Fix:" in str(err.value)
+
+
+def test_a_mismatched_bound_and_loss_exit_2_at_compose(tmp_path):
+    proc = run_py(["risk.epsilon=0.01", "risk.loss=drop"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "risk.bound=binomial with risk.loss=drop" in proc.stderr
+    assert "risk.bound=wsr risk.loss=drop" in proc.stderr  # the fix, spelt out
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()

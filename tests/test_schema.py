@@ -27,8 +27,9 @@ OPTIONS = [
 # name their family (model_type), checked against a model.path folder; every classifier shows its
 # first_layer (1 = every layer, as before; probe.first_layer is its deprecated alias) and its
 # schedule (all = asked at every layer from first_layer on, as before); the job
-# config names its stage (all = extract, decide and log, as before). classifier=state is new
-# since the snapshot: its entry was taken when it was added, in the snapshot's shape.
+# config names its stage (all = extract, decide and log, as before); risk control names its
+# bound and loss (binomial on the flip loss, as before). classifier=state is new since the
+# snapshot: its entry was taken when it was added, in the snapshot's shape.
 THRESHOLD_SHOWN = ("adainfer.policies.SVMPolicy", "adainfer.policies.CRFPolicy")
 FAMILY = {"llama2_7b": "llama", "llama2_13b": "llama", "llama2_70b": "llama", "opt_13b": "opt"}
 
@@ -50,6 +51,7 @@ def test_each_option_composes_as_before_the_schemas(override):
     expected["classifier"]["first_layer"] = 1
     expected["classifier"]["schedule"] = "all"
     expected["stage"] = "all"
+    expected["risk"] |= {"bound": "binomial", "loss": "flip"}
     if expected["model"]["name"] in FAMILY:
         expected["model"]["model_type"] = FAMILY[expected["model"]["name"]]
     assert composed(override) == expected
