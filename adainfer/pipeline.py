@@ -310,6 +310,32 @@ def _engine_metrics(job: Job, traces: TraceSet, outcome: Outcome) -> dict[str, f
     )
 
 
+def verdict(metrics: dict[str, float], limit: RiskLimit | None) -> str:
+    """One line: what the exits saved (honest FLOPs: probes, translators and the policy's
+    decisions counted) at what accuracy drop, and what was guaranteed."""
+    saved = 1.0 - metrics["honest_flops_ratio"]
+    line = (
+        f"{'saved' if saved >= 0 else 'spent'} {abs(saved):.1%} of the full model's FLOPs "
+        f"(honest FLOPs ratio {metrics['honest_flops_ratio']:.3f}; Eq. 2: "
+        f"{metrics['flops_ratio']:.3f}) at an accuracy drop of {100 * metrics['acc_drop']:+.1f} "
+        f"points on the test split"
+    )
+    if limit is None:
+        return line + "; no guarantee asked (set risk.epsilon for one)"
+    if not metrics.get("risk_certified"):
+        return line + (
+            f"; nothing could be certified at a drop <= {100 * limit.epsilon:g} points "
+            f"(risk.epsilon) w.p. >= {1 - limit.delta:g} on {int(metrics['risk_n'])} calibration "
+            "instances, so it never exits early: more calibration instances "
+            "(task.n_calibration) or a larger risk.epsilon can"
+        )
+    return line + (
+        f"; guaranteed: a drop <= {100 * limit.epsilon:g} points w.p. >= {1 - limit.delta:g} "
+        f"({limit.bound} bound on the {limit.loss} loss, {int(metrics['risk_n'])} calibration "
+        "instances)"
+    )
+
+
 def _extract_only(job: Job) -> dict[str, float]:
     """``stage=extract``: store every trace the job's decision stage will read; no MLflow run."""
     for name in job.prompts:
@@ -352,6 +378,7 @@ def run(cfg: DictConfig, inputs: JobInputs | None = None) -> dict[str, float]:
         tracking.set_tags({"schedule_layers": _layers(asked) or "none"})  # where it was asked
         _log_outcome(outcome, job.model, config_yaml)
         log.info("%s [%s]: %s", run_name, name, outcome.metrics)
+        log.info("%s [%s]: %s", run_name, name, verdict(outcome.metrics, job.limit))
         return outcome.metrics
 
     task = job.inputs.task

@@ -166,6 +166,7 @@ class DataTaskSchema(_Task):
 
     data_dir: Any = None
     split_seed: Any = 42
+    calibration_from: Any = "train"  # or test: carve the calibration split out of the test split
     n_train: Any = 200  # null = all
     n_test: Any = 200
 

@@ -36,6 +36,7 @@ STATE_HEADS = ("per_layer", "shared")  # how classifier=state is fitted (policie
 PROBES = ("logit_lens", "tuned")
 STAGES = ("all", "extract", "decide")  # adainfer.pipeline
 # How risk control tests a threshold (adainfer.risk, adainfer.bounds): the p-value, the loss.
+CALIBRATION_SOURCES = ("train", "test")  # adainfer.tasks.data: task.calibration_from
 RISK_BOUNDS = ("binomial", "hb", "wsr")
 RISK_LOSSES = ("flip", "drop")
 
@@ -149,6 +150,9 @@ TASK: dict[str, Rule] = {
     "n_test": COUNT,
     "n_calibration": Rule(_int(0), "a whole number >= 0", "500"),
     "split_seed": Rule(_int(), "a whole number", "42"),
+    "calibration_from": Rule(
+        _one_of(CALIBRATION_SOURCES), f"one of {list(CALIBRATION_SOURCES)}", "test"
+    ),
     "train_fraction": Rule(_number(0, 1, open_low=True), "a number in (0, 1)", "0.5"),
 }
 

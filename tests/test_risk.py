@@ -320,3 +320,20 @@ def test_a_mismatched_bound_and_loss_exit_2_at_compose(tmp_path):
     assert "risk.bound=wsr risk.loss=drop" in proc.stderr  # the fix, spelt out
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_run_says_in_one_line_what_it_saved_and_what_it_guaranteed():
+    from adainfer.pipeline import verdict
+
+    metrics = {"honest_flops_ratio": 0.8, "flops_ratio": 0.7, "acc_drop": 0.01, "risk_n": 400.0}
+    limit = RiskLimit(0.05, 0.1, bound="wsr", loss="drop")
+    certified = verdict(metrics | {"risk_certified": 1.0}, limit)
+    assert certified.startswith("saved 20.0% of the full model's FLOPs")
+    assert (
+        "guaranteed: a drop <= 5 points w.p. >= 0.9 (wsr bound on the drop loss, 400" in certified
+    )
+    refused = verdict(metrics | {"risk_certified": 0.0}, limit)
+    assert "nothing could be certified" in refused and "guaranteed" not in refused
+    costly = verdict(metrics | {"honest_flops_ratio": 1.149}, None)
+    assert costly.startswith("spent 14.9%") and "no guarantee asked" in costly
+    assert "\n" not in certified + refused + costly

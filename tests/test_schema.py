@@ -28,7 +28,8 @@ OPTIONS = [
 # first_layer (1 = every layer, as before; probe.first_layer is its deprecated alias) and its
 # schedule (all = asked at every layer from first_layer on, as before); the job
 # config names its stage (all = extract, decide and log, as before); risk control names its
-# bound and loss (binomial on the flip loss, as before). classifier=state is new since the
+# bound and loss (binomial on the flip loss, as before); data tasks name where calibration comes
+# from (train, as before; SST-2: its test split). classifier=state is new since the
 # snapshot: its entry was taken when it was added, in the snapshot's shape.
 THRESHOLD_SHOWN = ("adainfer.policies.SVMPolicy", "adainfer.policies.CRFPolicy")
 FAMILY = {"llama2_7b": "llama", "llama2_13b": "llama", "llama2_70b": "llama", "opt_13b": "opt"}
@@ -54,7 +55,17 @@ def test_each_option_composes_as_before_the_schemas(override):
     expected["risk"] |= {"bound": "binomial", "loss": "flip"}
     if expected["model"]["name"] in FAMILY:
         expected["model"]["model_type"] = FAMILY[expected["model"]["name"]]
+    _calibration_from(expected["task"])
     assert composed(override) == expected
+
+
+def _calibration_from(task: dict) -> None:
+    """Data tasks (and their suites' members) name where calibration comes from: train, as
+    before, except SST-2's, from its test split (its train split is phrases)."""
+    if "split_seed" in task and "rule" not in task:
+        task["calibration_from"] = "test" if task.get("name") == "sst2" else "train"
+    for member in task.get("tasks", {}).values() if isinstance(task.get("tasks"), dict) else ():
+        _calibration_from(member)
 
 
 ADDED = [

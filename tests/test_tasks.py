@@ -442,3 +442,30 @@ def test_fewer_rows_than_asked_warn_and_calibration_suggests_sizes(data_dir, cap
             name="antonym", data_dir=str(data_dir), n_train=pool - 50, n_calibration=50
         ).load()
     assert len(fitted.calibration) == 50 and not caplog.text
+
+
+def test_calibration_from_test_is_carved_out_of_the_test_split(data_dir):
+    """SST-2's train split is phrases and its test split full sentences: a calibration split
+    drawn like the test split is one held out of it, disjoint from what is tested."""
+    plain = SST2Task(data_dir=str(data_dir), n_train=20, n_test=None).load()
+    carved = SST2Task(
+        data_dir=str(data_dir), n_train=20, n_test=None, n_calibration=300, calibration_from="test"
+    ).load()
+    assert carved.train == plain.train  # the train sample does not move
+    assert len(carved.calibration) == 300
+    assert len(carved.test) == len(plain.test) - 300
+    assert carved.calibration + carved.test == plain.test  # one shuffled test split, cut in two
+    held = SST2Task(data_dir=str(data_dir), n_train=20, n_calibration=300).load()
+    assert not set(held.calibration) & set(plain.test)  # the default: held out of train
+    capped = SST2Task(
+        data_dir=str(data_dir), n_train=20, n_test=100, n_calibration=300, calibration_from="test"
+    ).load()
+    assert capped.test == carved.test[:100]
+
+
+def test_calibration_from_test_needs_test_instances_left(data_dir):
+    with pytest.raises(AdaInferError, match="leaves none of the 872 test instances") as err:
+        SST2Task(data_dir=str(data_dir), n_calibration=872, calibration_from="test").load()
+    assert "task.calibration_from=train" in str(err.value)
+    with pytest.raises(AdaInferError, match="calibration_from='tset' is not one of"):
+        SST2Task(data_dir=str(data_dir), n_calibration=10, calibration_from="tset").load()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adainfer.errors import AdaInferError
+from adainfer.settings import CALIBRATION_SOURCES
 from adainfer.tasks.base import Example, Splits, cap, check_examples, hold_out, shuffled_split
 from adainfer.tasks.prompts import PromptTemplate
 
@@ -105,12 +106,44 @@ def sampled_splits(
     subject (MMLU) or article (SQuAD), so their first rows would cover a single topic.
     """
     pool = shuffled_split(train, (), task.split_seed)[0]
-    train_part, calibration = hold_out(task.name, pool, task.n_train, task.n_calibration)
-    test_part = cap(shuffled_split(test, (), task.split_seed)[0], task.n_test, task.name, "test")
+    tests = shuffled_split(test, (), task.split_seed)[0]
+    if calibration_source(task) == "test":
+        train_part = cap(pool, task.n_train, task.name, "train")
+        calibration, tests = held_out_test(task, tests)
+    else:
+        train_part, calibration = hold_out(task.name, pool, task.n_train, task.n_calibration)
+    test_part = cap(tests, task.n_test, task.name, "test")
     splits = Splits(train_part, test_part, calibration)
     check_examples(task.name, "train", splits.train, sources[0])
     check_examples(task.name, "test", splits.test, sources[1])
     return splits
+
+
+def calibration_source(task: DataTask) -> str:
+    """``task.calibration_from``, checked: ``train`` or ``test``."""
+    if task.calibration_from not in CALIBRATION_SOURCES:
+        raise AdaInferError(
+            f"task {task.name!r}: calibration_from={task.calibration_from!r} is not one of "
+            f"{list(CALIBRATION_SOURCES)}",
+            "use task.calibration_from=train (held out of the train split) or "
+            "task.calibration_from=test (carved out of the test split)",
+        )
+    return task.calibration_from
+
+
+def held_out_test(task: DataTask, tests: list[Example]) -> tuple[list[Example], list[Example]]:
+    """``calibration_from: test``: the first ``n_calibration`` of the shuffled test split as
+    the calibration split, and the rest as the test pool, so both are drawn from one
+    distribution (what risk control's guarantee assumes). The test cap applies to the rest."""
+    n = task.n_calibration
+    if n >= len(tests):
+        raise AdaInferError(
+            f"task {task.name!r}: task.n_calibration={n} with calibration_from=test leaves none "
+            f"of the {len(tests)} test instances for testing",
+            f"lower task.n_calibration below {len(tests)} (e.g. {len(tests) // 2}), or use "
+            "task.calibration_from=train",
+        )
+    return tests[:n], tests[n:]
 
 
 @dataclass(kw_only=True)
@@ -122,4 +155,9 @@ class DataTask:
     n_train: int | None = None  # cap on train instances (None: all)
     n_test: int | None = None  # cap on test instances (None: all)
     n_calibration: int = 0  # held-out train instances for risk control (after the train sample)
+    # Where the calibration split comes from: ``train`` (held out after the train sample) or
+    # ``test`` (the first n_calibration of the shuffled test split, the rest is tested): use
+    # ``test`` when the train split is not drawn like the test split (SST-2: phrases vs.
+    # sentences), since risk control's guarantee holds for data drawn like the calibration.
+    calibration_from: str = "train"
     template: PromptTemplate = field(default_factory=PromptTemplate)

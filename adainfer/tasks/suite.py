@@ -29,6 +29,7 @@ def function_vectors_suite(
     n_train: int | None = None,
     n_test: int | None = None,
     n_calibration: int = 0,
+    calibration_from: str = "train",
     template: PromptTemplate | None = None,
 ) -> Suite:
     """A suite of Function Vectors tasks chosen by name (the rule-understanding group)."""
@@ -40,6 +41,7 @@ def function_vectors_suite(
             n_train=n_train,
             n_test=n_test,
             n_calibration=n_calibration,
+            calibration_from=calibration_from,
             template=template or PromptTemplate(),
         )
         for task in tasks
