@@ -228,7 +228,7 @@ def _layers(schedule: str | tuple[int, ...]) -> str:
     return schedule if isinstance(schedule, str) else ",".join(str(x) for x in schedule)
 
 
-def _sizes(job: Job, name: str) -> dict[str, int]:
+def _sizes(job: Job, name: str) -> dict[str, int | str]:
     prompts, member = job.prompts[name], job.inputs.members[name]
     n_cal = (
         len(prompts.calibration.input_ids) if job.limit and prompts.calibration is not None else 0
@@ -236,6 +236,8 @@ def _sizes(job: Job, name: str) -> dict[str, int]:
     # what the task asked for (None: all); the counts: what it got
     requested = {f"{k}_requested": getattr(member, k, None) for k in ("n_train", "n_test")}
     requested["n_calibration_requested"] = getattr(member, "n_calibration", 0)
+    if n_cal:  # where the calibration split came from (a generated task: its train split)
+        requested["calibration_from"] = getattr(member, "calibration_from", "train")
     return {
         "n_train": len(prompts.train.input_ids),
         "n_test": len(prompts.test.input_ids),
