@@ -1,0 +1,96 @@
+"""scripts/risk_study.py's summary: the best deployable certified policy per row, the targets,
+and the order its jobs run in (one LLM pass per split). No pipeline job runs here."""
+
+from __future__ import annotations
+
+import importlib
+
+import pandas as pd
+import pytest
+from conftest import REPO
+
+
+@pytest.fixture
+def study(monkeypatch):
+    """The script as a module (scripts/ is on sys.path when a script runs)."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    return importlib.import_module("risk_study")
+
+
+def run(model, task, method, flops, certified=None, violation=None, drop=0.0):
+    return {
+        "model": model,
+        "task": task,
+        "method": method,
+        "acc_drop": drop,
+        "honest_flops_ratio": flops,
+        "risk_certified": certified,
+        "risk_resplit_exceed_rate": violation,
+    }
+
+
+def frame(model="smollm2_135m", violation=0.05):
+    return pd.DataFrame(
+        [
+            # sst2: the cheapest certified +risk run wins; an uncertified or uncontrolled
+            # cheaper run does not count
+            run(model, "sst2", "svm+risk", 0.7, 1, 0.0),
+            run(model, "sst2", "tuned svm+risk", 0.6, 1, violation, drop=0.01),
+            run(model, "sst2", "tuned state+risk", 0.5, 0, 0.0),
+            run(model, "sst2", "tuned svm", 0.3),
+            run(model, "sst2", "tuned oracle_consistent", 0.4),
+            # ag_news: nothing certified, so the full model deploys
+            run(model, "ag_news", "svm+risk auto", 0.9, 0, 0.2),
+            run(model, "ag_news", "tuned oracle_consistent", 0.5),
+        ]
+    )
+
+
+def test_best_deployable_picks_the_cheapest_certified_run(study):
+    best = study.best_deployable(frame()).set_index("task")
+    assert best.loc["sst2", "best"] == "tuned svm+risk"
+    assert best.loc["sst2", ["honest_flops", "violation_rate", "oracle"]].tolist() == [
+        0.6,
+        0.05,
+        0.4,
+    ]
+    assert best.loc["sst2", "distance"] == pytest.approx(0.2)
+    assert best.loc["ag_news", "best"] == "full model"
+    assert best.loc["ag_news", ["honest_flops", "violation_rate"]].tolist() == [1.0, 0.0]
+    assert best.loc["ag_news", "distance"] == pytest.approx(0.5)
+    average = best.loc["**Avg** (2)"]
+    assert average.honest_flops == pytest.approx(0.8)
+    assert average.distance == pytest.approx(0.35)
+    assert average.violation_rate == 0.05  # the worst row's
+
+
+def test_targets_met_missed_and_not_run(study):
+    lines = study.target_lines(study.best_deployable(frame()), delta=0.1)
+    assert lines == [
+        "- smollm2_135m sst2: honest FLOPs 0.600 <= 0.80: met",
+        "- smollm2_135m ag_news: honest FLOPs 1.000 <= 0.80: MISSED",
+        "- smollm2_135m task average: honest FLOPs 0.800 <= 0.92: met",
+        "- gemma3_270m task average: honest FLOPs < 1.00: not run",
+        "- re-split violation rate <= delta = 0.1 on every row (worst 0.05): met",
+    ]
+    over = study.target_lines(study.best_deployable(frame(violation=0.15)), delta=0.1)
+    assert over[-1].endswith("(worst 0.15): MISSED on smollm2_135m sst2")
+
+
+def test_hidden_state_and_tuned_jobs_run_first(study):
+    order = study.run_order(list(study.METHODS))
+    assert order[:2] == ["tuned state+risk", "state+risk"]  # a hidden-state pass stores all
+    tuned = [i for i, m in enumerate(order) if "probe=tuned" in study.METHODS[m]]
+    plain = [i for i, m in enumerate(order[2:], 2) if "probe=tuned" not in study.METHODS[m]]
+    assert max(tuned) < min(plain)
+    # the original study's order, as before the new methods
+    assert study.run_order(study.chosen_methods(["original"])) == [
+        "tuned svm",
+        "tuned svm+risk",
+        "tuned oracle_gold",
+        "tuned oracle_consistent",
+        "svm",
+        "svm+risk",
+        "oracle_gold",
+        "oracle_consistent",
+    ]
