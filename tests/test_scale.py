@@ -6,11 +6,13 @@ machines would run them.
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import time
 
 import mlflow
+import pytest
 from conftest import compose_cfg
 from test_faults import _statuses, runs, start_job
 
@@ -162,3 +164,29 @@ def test_resume_returns_the_finished_runs_metrics_and_opens_no_run(tracking_uri,
     assert len(mlflow.search_runs(experiment_names=["resume_in_process"])) == 1
     pipeline.run(compose_cfg([*QUICK_JOB, *at, "seed=1", "resume=true"]))  # another config
     assert len(mlflow.search_runs(experiment_names=["resume_in_process"])) == 2
+
+
+# --- launchers -------------------------------------------------------------------------------
+
+GRID = ["-m", "model=tiny_llama", "task.n_train=16", "task.n_test=8", "shots=0,2"]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+    reason="needs the scale extra: pip install -e '.[scale]'",
+)
+def test_a_submitit_local_sweep_logs_what_the_basic_launcher_logs(tmp_path):
+    for name, launcher in [("basic", []), ("submitit", ["hydra/launcher=submitit_local"])]:
+        folder = tmp_path / name
+        folder.mkdir()
+        args = [*GRID, *launcher, f"traces.dir={folder / 'traces'}"]
+        args += [f"hydra.sweep.dir={folder / 'm'}", "mlflow.experiment=launch"]
+        proc = start_job(args, folder)
+        assert proc.wait(timeout=900) == 0, _output(folder, "job")[-3000:]
+    basic, submitit = (runs(tmp_path / name, "launch") for name in ("basic", "submitit"))
+    assert set(basic.status) == set(submitit.status) == {"FINISHED"}
+    assert len(basic) == len(submitit) == 2
+    # Each submitit job ran in its own process, not in the launcher's.
+    assert submitit["tags.adainfer.pid"].nunique() == 2
+    assert basic["tags.adainfer.pid"].nunique() == 1
+    assert _by_hash(basic) == _by_hash(submitit)
