@@ -51,6 +51,7 @@ from adainfer.job import JobInputs, build, load_inputs
 from adainfer.models.loading import LoadedModel
 from adainfer.models.placement import input_device
 from adainfer.policies.base import ExitPolicy
+from adainfer.resume import CONFIG_HASH, config_hash
 from adainfer.risk import RiskLimit
 from adainfer.runner import extract_records
 from adainfer.tasks.base import Splits
@@ -356,12 +357,36 @@ def _extract_only(job: Job) -> dict[str, float]:
     return {}
 
 
+def _finished_before(cfg: DictConfig) -> dict[str, float] | None:
+    """``resume=true``: the metrics of the experiment's FINISHED run of this very config
+    (:mod:`adainfer.resume`), or None when the job has to run. Opening the store first closes
+    the runs of jobs that died, e.g. the one killed in the middle of this grid."""
+    experiment_id = tracking.open_store(
+        cfg.mlflow.tracking_uri, cfg.mlflow.experiment, cfg.mlflow.stale_after_s
+    )
+    digest = config_hash(cfg)
+    found = tracking.finished_run(experiment_id, CONFIG_HASH, digest)
+    if found is None:
+        return None
+    log.info(
+        "resume: run %s (%s) already FINISHED this config (hash %s); skipped, its metrics returned",
+        found.info.run_id,
+        found.info.run_name,
+        digest,
+    )
+    return dict(found.data.metrics)
+
+
 def run(cfg: DictConfig, inputs: JobInputs | None = None) -> dict[str, float]:
     """Run one AdaInfer job (a task or a suite) described by ``cfg``; track it in MLflow.
 
     ``inputs`` are the job's checked settings, tasks and data (:func:`adainfer.job.load_inputs`,
     which ``run.py`` calls before this module is imported); loaded here when not given.
     """
+    if cfg.resume and cfg.stage != "extract":
+        done = _finished_before(cfg)
+        if done is not None:
+            return done
     job = compose(cfg, inputs)
     if job.stage == "extract":
         return _extract_only(job)
@@ -387,12 +412,13 @@ def run(cfg: DictConfig, inputs: JobInputs | None = None) -> dict[str, float]:
     params = _params(job)
     run_name = f"{job.model.name}/{task.name}/{cfg.shots}shot/{job.policy.name}"
     tags = _sweep_tags() | job.extractor.tags | {"adainfer.stage": job.stage}
+    own = tags | {CONFIG_HASH: config_hash(cfg)}  # the job's run; a suite's task runs: not
     experiment, uri = cfg.mlflow.experiment, cfg.mlflow.tracking_uri
     if not isinstance(task, Suite):
-        with tracking.tracked_run(experiment, run_name, params | _sizes(job, task.name), tags, uri):
+        with tracking.tracked_run(experiment, run_name, params | _sizes(job, task.name), own, uri):
             return one(task.name)
     suite_params = params | {"suite_tasks": ",".join(job.prompts)}
-    with tracking.tracked_run(experiment, run_name, suite_params, tags, uri):
+    with tracking.tracked_run(experiment, run_name, suite_params, own, uri):
         per_task = {}
         for name in job.prompts:
             child = params | _sizes(job, name) | {"task": name, "suite": task.name}

@@ -37,7 +37,7 @@ from adainfer.batching import LLMPass, length_sorted_loader, probe_trainer
 from adainfer.capture import Hooks
 from adainfer.encoding import EncodedPrompts
 from adainfer.errors import AdaInferError
-from adainfer.files import cannot_write
+from adainfer.files import LOCKS, cannot_write, exclusive
 from adainfer.models.cache import publish_folder
 from adainfer.models.placement import dispatched
 from adainfer.settings import PROBES  # noqa: F401 - re-exported
@@ -289,7 +289,8 @@ class LensStore:
         payload = json.dumps(key, sort_keys=True).encode()
         return self.root / hashlib.sha256(payload).hexdigest()[:32]
 
-    def get_or_fit(self, key: dict[str, Any], fit: Callable[[], TunedLens]) -> TunedLens:
+    def get(self, key: dict[str, Any]) -> TunedLens | None:
+        """The stored lens, or None when absent or damaged."""
         folder = self.path(key)
         try:
             if json.loads((folder / "key.json").read_text()) == key:
@@ -298,6 +299,24 @@ class LensStore:
                     return lens
         except (OSError, ValueError, KeyError, AdaInferError):
             pass  # absent or damaged: fit again
+        return None
+
+    def get_or_fit(self, key: dict[str, Any], fit: Callable[[], TunedLens]) -> TunedLens:
+        """The stored lens, else ``fit()`` stored; under the key's lock, as traces are
+        (:meth:`adainfer.traces.TraceStore.get_or_compute`): jobs sharing the folder fit it once.
+        """
+        lens = self.get(key)
+        if lens is not None:
+            return lens
+        if self.read_only:
+            return fit()
+        folder = self.path(key)
+        with exclusive(self.root / LOCKS / f"{folder.name}.lock", f"tuned lens {folder.name}"):
+            lens = self.get(key)  # fitted by the job that held the lock meanwhile?
+            return lens if lens is not None else self._fit_and_store(key, fit)
+
+    def _fit_and_store(self, key: dict[str, Any], fit: Callable[[], TunedLens]) -> TunedLens:
+        folder = self.path(key)
         lens = fit()
         if self.read_only:
             return lens

@@ -72,6 +72,7 @@ class RunSchema:
     classifier: Any = MISSING
     probe: Any = MISSING
     stage: Any = MISSING
+    resume: Any = MISSING
     shots: Any = MISSING
     seed: Any = MISSING
     batch_size: Any = MISSING

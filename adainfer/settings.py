@@ -119,6 +119,7 @@ COUNT = Rule(_int(1), "a whole number >= 1", "200", optional=True)
 # Keys of the job config (conf/config.yaml and the group it comes from).
 RUN: dict[str, Rule] = {
     "stage": Rule(_one_of(STAGES), f"one of {list(STAGES)}", "decide", unknown="stage"),
+    "resume": Rule(_flag, "true or false", "true"),
     "shots": Rule(_int(0), "a whole number >= 0", "5"),
     "seed": Rule(_int(), "a whole number", "0"),
     "batch_size": Rule(_int(1), "a whole number >= 1", "8"),

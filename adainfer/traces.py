@@ -7,6 +7,11 @@ never reuse it. Writes go to a temporary file renamed into place; a file that is
 unreadable or does not match its key is deleted and recomputed. A store that cannot be written
 (``read_only``, or a write that fails, e.g. on a full disk) still reads what it holds and hands
 back the computed records, unstored, with a warning.
+
+Several jobs may share one store (a sweep over processes or machines, ``traces.dir`` on a shared
+folder): a job that misses a trace takes a lock on its key (:func:`adainfer.files.exclusive`,
+``.locks/`` in the store), looks again, and only then computes it, so two jobs that need the
+same trace run one LLM pass between them; the other waits and reads the stored file.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import pyarrow.parquet as pq
 
 from adainfer.encoding import EncodedPrompts
 from adainfer.features import RECORD_VERSION, LayerRecords
-from adainfer.files import cannot_write, share
+from adainfer.files import LOCKS, cannot_write, exclusive, share
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +166,22 @@ class TraceStore:
         return self.path(key)
 
     def get_or_compute(self, key: TraceKey, compute: Callable[[], LayerRecords]) -> LayerRecords:
+        """The stored records, else ``compute()`` stored: under the key's lock, so of several
+        jobs missing the same trace one computes it and the others read it (module docstring).
+        """
         records = self.get(key)
-        if records is not None:
-            self.hits += 1
-            return records
+        if records is None and not self.read_only:
+            lock = self.root / LOCKS / f"{self.path(key).stem}.lock"
+            with exclusive(lock, f"trace {self.path(key).name}"):
+                records = self.get(key)  # stored by the job that held the lock meanwhile?
+                if records is None:
+                    return self._compute(key, compute)
+        if records is None:
+            return self._compute(key, compute)
+        self.hits += 1
+        return records
+
+    def _compute(self, key: TraceKey, compute: Callable[[], LayerRecords]) -> LayerRecords:
         self.misses += 1
         records = compute()
         self.put(key, records)

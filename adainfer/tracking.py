@@ -211,6 +211,17 @@ def close_dead_runs(experiment_id: str, stale_after_s: float = STALE_AFTER_S) ->
             return closed
 
 
+def finished_run(experiment_id: str, tag: str, value: str):
+    """The latest FINISHED run of the experiment whose tag ``tag`` is ``value``, or None."""
+    found = MlflowClient().search_runs(
+        [experiment_id],
+        f"tags.`{tag}` = '{value}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return found[0] if found else None
+
+
 class _Heartbeat:
     """A daemon thread refreshing the run's heartbeat tag until stopped."""
 

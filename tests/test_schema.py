@@ -27,7 +27,8 @@ OPTIONS = [
 # name their family (model_type), checked against a model.path folder; every classifier shows its
 # first_layer (1 = every layer, as before; probe.first_layer is its deprecated alias) and its
 # schedule (all = asked at every layer from first_layer on, as before); the job
-# config names its stage (all = extract, decide and log, as before); risk control names its
+# config names its stage (all = extract, decide and log, as before) and resume (false: every job
+# runs, as before); risk control names its
 # bound and loss (binomial on the flip loss, as before); data tasks name where calibration comes
 # from (train, as before; SST-2: its test split). classifier=state is new since the
 # snapshot: its entry was taken when it was added, in the snapshot's shape.
@@ -52,6 +53,7 @@ def test_each_option_composes_as_before_the_schemas(override):
     expected["classifier"]["first_layer"] = 1
     expected["classifier"]["schedule"] = "all"
     expected["stage"] = "all"
+    expected["resume"] = False
     expected["risk"] |= {"bound": "binomial", "loss": "flip"}
     if expected["model"]["name"] in FAMILY:
         expected["model"]["model_type"] = FAMILY[expected["model"]["name"]]

@@ -1,0 +1,38 @@
+"""Resumable grids: a job whose exact configuration already has a FINISHED run is skipped.
+
+Every run carries the tag ``adainfer.config_hash``, a hash of its resolved job config less the
+keys that say where things are kept or how the job is scheduled, not what it computes:
+
+- ``mlflow.*``: which store and experiment the run is logged to (the experiment is searched
+  anyway, so a hash is only ever compared within one);
+- ``traces.*``: where layer records are cached, or whether they are: a trace is keyed by all
+  that made it (:mod:`adainfer.traces`), so a stored one gives the records a fresh pass gives;
+- ``stage``: ``all`` and ``decide`` log the same run from the same records (``extract`` logs
+  none), so a grid first run whole may be resumed with ``stage=decide`` and the other way round;
+- ``resume`` itself, and ``hydra`` (which a job config does not hold).
+
+Everything else counts, including the model's config (not its weights: a model whose files
+changed under the same config is not noticed), the task's data folder, ``trainer.*`` and
+``batch_size`` (both may change the numbers). With ``resume=true`` a job looks this hash up in
+its experiment before any model loads (:func:`adainfer.pipeline.run`); the lookup opens the
+store, which first closes the runs of jobs that died (``tracking.close_dead_runs``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_HASH = "adainfer.config_hash"
+# Top-level keys that do not change a job's results (module docstring).
+NOT_HASHED = ("mlflow", "traces", "stage", "resume", "hydra")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Hash of ``cfg`` resolved, less :data:`NOT_HASHED`: equal for jobs with equal results."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    kept = {key: value for key, value in plain.items() if key not in NOT_HASHED}
+    payload = json.dumps(kept, sort_keys=True, default=str).encode()
+    return hashlib.sha256(payload).hexdigest()[:20]

@@ -1,0 +1,192 @@
+"""Jobs side by side: a shared trace store, locks that die with their holder, resumable grids.
+
+Real run.py subprocesses on one MLflow sqlite store, as a sweep spread over processes or
+machines would run them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+from conftest import compose_cfg
+from test_faults import _statuses, runs, start_job
+
+from adainfer import pipeline
+from adainfer.files import exclusive
+from adainfer.resume import config_hash
+
+# One LLM pass of several seconds on 2 CPU cores (8 layers of 384 over 400 5-shot prompts), so
+# the second job reaches the trace while the first is still computing it.
+SLOW = [
+    "model=tiny_llama",
+    "model.num_layers=8",
+    "model.hidden_size=384",
+    "model.intermediate_size=1536",
+    "model.num_heads=6",
+    "task=sst2",
+    "task.n_train=400",
+    "task.n_test=20",
+    "shots=5",
+]
+WAITED = "waiting for another job computing trace"
+
+
+def _output(tmp_path, name: str) -> str:
+    return (tmp_path / f"{name}.out").read_text() + (tmp_path / f"{name}.err").read_text()
+
+
+def test_two_workers_on_one_trace_run_one_llm_pass_and_both_finish(tmp_path):
+    traces = tmp_path / "traces"
+    args = [*SLOW, "mlflow.experiment=shared", f"traces.dir={traces}"]
+    jobs = [start_job(args, tmp_path, name=f"worker{i}") for i in range(2)]
+    codes = [job.wait(timeout=600) for job in jobs]
+    logs = [_output(tmp_path, f"worker{i}") for i in range(2)]
+    assert codes == [0, 0], [log[-3000:] for log in logs]
+    found = runs(tmp_path, "shared")
+    assert found.status.tolist() == ["FINISHED", "FINISHED"]
+    assert sorted(found["tags.llm_forward"]) == ["computed", "trace_store"]
+    assert len(list(traces.glob("*.parquet"))) == 2  # train and test: written once each
+    # Not one job after the other by luck of timing: one of them did wait on the other's lock.
+    assert sum(WAITED in log for log in logs) == 1, "no job waited: the test did not overlap"
+    assert found["metrics.acc"].nunique() == 1
+
+
+def test_a_lock_held_by_a_killed_process_is_free_at_once(tmp_path):
+    lock = tmp_path / ".locks" / "key.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from adainfer.files import exclusive\n"
+            f"with exclusive(Path({str(lock)!r}), 'x'):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()  # SIGKILL: the holder cannot release anything itself
+    holder.wait()
+    began = time.monotonic()
+    with exclusive(lock, "x") as held:
+        assert held
+    assert time.monotonic() - began < 5
+
+
+# --- resumable grids -------------------------------------------------------------------------
+
+SWEEP = ["-m", *SLOW, "task.n_train=200", "seed=0,1,2", "mlflow.experiment=grid"]
+SKIPPED = "already FINISHED this config"
+
+
+def _sweep(folder, *extra: str, name: str = "sweep"):
+    folder.mkdir(exist_ok=True)
+    args = [*SWEEP, *extra, f"traces.dir={folder / 'traces'}", f"hydra.sweep.dir={folder / 'm'}"]
+    return start_job(args, folder, name=name)
+
+
+def _wait_second_job_running(proc, folder, timeout: float = 600) -> None:
+    """Block until the first job's run is FINISHED and the second's RUNNING (its LLM pass)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, _output(folder, "sweep")[-3000:]
+        if sorted(_statuses(folder)) == ["FINISHED", "RUNNING"]:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the second job did not start within {timeout} s")
+
+
+def _by_hash(found) -> dict[str, dict[str, float]]:
+    done = found[found.status == "FINISHED"]
+    metrics = [c for c in found.columns if c.startswith("metrics.")]
+    hashes = done["tags.adainfer.config_hash"]
+    assert hashes.is_unique, "a config ran to the end twice"
+    return {h: row[metrics].to_dict() for h, (_, row) in zip(hashes, done.iterrows(), strict=True)}
+
+
+def test_a_killed_sweep_resumes_where_it_stopped_with_a_clean_sweeps_metrics(tmp_path):
+    clean = _sweep(tmp_path / "clean")
+    assert clean.wait(timeout=900) == 0, _output(tmp_path / "clean", "sweep")[-3000:]
+    expected = _by_hash(runs(tmp_path / "clean", "grid"))
+    assert len(expected) == 3
+
+    folder = tmp_path / "killed"
+    first = _sweep(folder)
+    _wait_second_job_running(first, folder)
+    first.kill()  # kill -9 in the second job: the sweep's process dies without a word
+    first.wait()
+    before = runs(folder, "grid")
+    assert sorted(before.status) == ["FINISHED", "RUNNING"]  # killed mid-job, not after it
+    killed = before.run_id[before.status == "RUNNING"].item()
+
+    again = _sweep(folder, "resume=true", name="resumed")
+    assert again.wait(timeout=900) == 0, _output(folder, "resumed")[-3000:]
+    log = _output(folder, "resumed")
+    assert log.count(SKIPPED) == 1  # seed=0: no model, no LLM pass, no new run
+    after = runs(folder, "grid").set_index("run_id")
+    assert len(after) == 4  # the two of the killed sweep and one per point it had not finished
+    assert after.loc[killed, "status"] == "KILLED"
+    assert "is gone" in after.loc[killed, "tags.adainfer.end_reason"]
+    assert "RUNNING" not in set(after.status)
+    assert _by_hash(after.reset_index()) == expected
+
+
+QUICK_JOB = ["model=tiny_llama", "shots=2", "task.n_train=12", "task.n_test=8", "classifier=gap"]
+
+
+def test_config_hash_ignores_where_things_are_kept_only():
+    base = config_hash(compose_cfg(QUICK_JOB))
+    same = ["mlflow.experiment=x", "traces.dir=/elsewhere", "traces.enabled=false"]
+    same += ["stage=decide", "resume=true", "mlflow.stale_after_s=5"]
+    for override in same:
+        assert config_hash(compose_cfg([*QUICK_JOB, override])) == base, override
+    for override in ["shots=3", "seed=1", "batch_size=4", "model=tiny_opt", "task.n_test=9"]:
+        assert config_hash(compose_cfg([*QUICK_JOB, override])) != base, override
+
+
+def test_resume_returns_the_finished_runs_metrics_and_opens_no_run(tracking_uri, tmp_path):
+    at = [f"mlflow.tracking_uri={tracking_uri}", "mlflow.experiment=resume_in_process"]
+    first = pipeline.run(compose_cfg([*QUICK_JOB, *at, f"traces.dir={tmp_path / 'a'}"]))
+    again = pipeline.run(
+        compose_cfg([*QUICK_JOB, *at, f"traces.dir={tmp_path / 'b'}", "resume=true"])
+    )
+    assert {key: again[key] for key in first} == first
+    assert not (tmp_path / "b").exists()  # skipped before any trace was looked for
+    mlflow.set_tracking_uri(tracking_uri)
+    assert len(mlflow.search_runs(experiment_names=["resume_in_process"])) == 1
+    pipeline.run(compose_cfg([*QUICK_JOB, *at, "seed=1", "resume=true"]))  # another config
+    assert len(mlflow.search_runs(experiment_names=["resume_in_process"])) == 2
+
+
+# --- launchers -------------------------------------------------------------------------------
+
+GRID = ["-m", "model=tiny_llama", "task.n_train=16", "task.n_test=8", "shots=0,2"]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+    reason="needs the scale extra: pip install -e '.[scale]'",
+)
+def test_a_submitit_local_sweep_logs_what_the_basic_launcher_logs(tmp_path):
+    for name, launcher in [("basic", []), ("submitit", ["hydra/launcher=submitit_local"])]:
+        folder = tmp_path / name
+        folder.mkdir()
+        args = [*GRID, *launcher, f"traces.dir={folder / 'traces'}"]
+        args += [f"hydra.sweep.dir={folder / 'm'}", "mlflow.experiment=launch"]
+        proc = start_job(args, folder)
+        assert proc.wait(timeout=900) == 0, _output(folder, "job")[-3000:]
+    basic, submitit = (runs(tmp_path / name, "launch") for name in ("basic", "submitit"))
+    assert set(basic.status) == set(submitit.status) == {"FINISHED"}
+    assert len(basic) == len(submitit) == 2
+    # Each submitit job ran in its own process, not in the launcher's.
+    assert submitit["tags.adainfer.pid"].nunique() == 2
+    assert basic["tags.adainfer.pid"].nunique() == 1
+    assert _by_hash(basic) == _by_hash(submitit)
