@@ -6,13 +6,11 @@ machines would run them.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
 
 import mlflow
-import pytest
 from conftest import compose_cfg
 from test_faults import _statuses, runs, start_job
 
@@ -171,10 +169,6 @@ def test_resume_returns_the_finished_runs_metrics_and_opens_no_run(tracking_uri,
 GRID = ["-m", "model=tiny_llama", "task.n_train=16", "task.n_test=8", "shots=0,2"]
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
-    reason="needs the scale extra: pip install -e '.[scale]'",
-)
 def test_a_submitit_local_sweep_logs_what_the_basic_launcher_logs(tmp_path):
     for name, launcher in [("basic", []), ("submitit", ["hydra/launcher=submitit_local"])]:
         folder = tmp_path / name
