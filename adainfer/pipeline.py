@@ -318,7 +318,8 @@ def verdict(metrics: dict[str, float], limit: RiskLimit | None) -> str:
     decisions counted) at what accuracy drop, and what was guaranteed."""
     saved = 1.0 - metrics["honest_flops_ratio"]
     line = (
-        f"{'saved' if saved >= 0 else 'spent'} {abs(saved):.1%} of the full model's FLOPs "
+        f"{'saved' if saved >= 0 else 'cost'} {abs(saved):.1%} "
+        f"{'of' if saved >= 0 else 'more than'} the full model's FLOPs "
         f"(honest FLOPs ratio {metrics['honest_flops_ratio']:.3f}; Eq. 2: "
         f"{metrics['flops_ratio']:.3f}) at an accuracy drop of {100 * metrics['acc_drop']:+.1f} "
         f"points on the test split"
