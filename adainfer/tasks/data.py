@@ -107,16 +107,22 @@ def sampled_splits(
     """
     pool = shuffled_split(train, (), task.split_seed)[0]
     tests = shuffled_split(test, (), task.split_seed)[0]
-    if calibration_source(task) == "test":
-        train_part = cap(pool, task.n_train, task.name, "train")
-        calibration, tests = held_out_test(task, tests)
-    else:
-        train_part, calibration = hold_out(task.name, pool, task.n_train, task.n_calibration)
-    test_part = cap(tests, task.n_test, task.name, "test")
-    splits = Splits(train_part, test_part, calibration)
+    splits = calibrated_splits(task, pool, tests)
     check_examples(task.name, "train", splits.train, sources[0])
     check_examples(task.name, "test", splits.test, sources[1])
     return splits
+
+
+def calibrated_splits(task: DataTask, pool: list[Example], tests: list[Example]) -> Splits:
+    """The train sample of ``pool`` (capped at ``n_train``), the test split (capped at
+    ``n_test``) and the calibration split, held out after the train sample or carved out of
+    ``tests`` first, as ``task.calibration_from`` says."""
+    if calibration_source(task) == "test":
+        train = cap(pool, task.n_train, task.name, "train")
+        calibration, tests = held_out_test(task, tests)
+    else:
+        train, calibration = hold_out(task.name, pool, task.n_train, task.n_calibration)
+    return Splits(train, cap(tests, task.n_test, task.name, "test"), calibration)
 
 
 def calibration_source(task: DataTask) -> str:

@@ -11,14 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adainfer.errors import AdaInferError
-from adainfer.tasks.base import Example, Splits, cap, check_examples, hold_out, shuffled_split
-from adainfer.tasks.data import (
-    DataTask,
-    calibration_source,
-    held_out_test,
-    read_jsonl,
-    resolve_data_dir,
-)
+from adainfer.tasks.base import Example, Splits, check_examples, shuffled_split
+from adainfer.tasks.data import DataTask, calibrated_splits, read_jsonl, resolve_data_dir
 
 GROUPS = ("abstractive", "extractive")
 
@@ -68,15 +62,7 @@ class FunctionVectorsTask(DataTask):
 
     def load(self) -> Splits:
         parts = self.load_all()
-        tests = parts["test"]
-        if calibration_source(self) == "test":
-            train = cap(parts["train"], self.n_train, self.name, "train")
-            calibration, tests = held_out_test(self, tests)
-        else:
-            train, calibration = hold_out(
-                self.name, parts["train"], self.n_train, self.n_calibration
-            )
-        splits = Splits(train, cap(tests, self.n_test, self.name, "test"), calibration)
+        splits = calibrated_splits(self, parts["train"], parts["test"])
         source = str(self.path())
         check_examples(self.name, "train", splits.train, source)
         check_examples(self.name, "test", splits.test, source)
