@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -145,15 +146,21 @@ def _unit(values: np.ndarray, limit: RiskLimit) -> tuple[np.ndarray, float]:
     return values.astype(np.float64), limit.epsilon
 
 
+def _bounded_p_value(x: np.ndarray, limit: RiskLimit) -> Callable[[float], float]:
+    """The p-value of ``H: E[x] > level`` as a function of the level, for losses ``x`` on
+    [0, 1] under ``limit.bound`` (``hb`` or ``wsr``)."""
+    if limit.bound == "hb":
+        return lambda level: hb_p_value(float(x.sum()), x.size, level)
+    return lambda level: wsr_p_value(x, level, limit.delta)
+
+
 def risk_p_value(values: np.ndarray, limit: RiskLimit) -> float:
     """p-value of ``H: E[ℓ] > ε`` from the calibration losses ``values`` (:func:`losses`, in
     the calibration records' order, which ``wsr``'s bets follow) under ``limit.bound``."""
     if limit.bound == "binomial":
         return p_value(int(values.sum()), values.size, limit.epsilon)
     x, level = _unit(values, limit)
-    if limit.bound == "hb":
-        return hb_p_value(float(x.sum()), x.size, level)
-    return wsr_p_value(x, level, limit.delta)
+    return _bounded_p_value(x, limit)(level)
 
 
 def risk_upper_bound(values: np.ndarray, limit: RiskLimit) -> float:
@@ -161,10 +168,7 @@ def risk_upper_bound(values: np.ndarray, limit: RiskLimit) -> float:
     if limit.bound == "binomial":
         return upper_bound(int(values.sum()), values.size, limit.delta)
     x, _ = _unit(values, limit)
-    if limit.bound == "hb":
-        bound = inverted_upper_bound(lambda m: hb_p_value(float(x.sum()), x.size, m), limit.delta)
-    else:
-        bound = inverted_upper_bound(lambda m: wsr_p_value(x, m, limit.delta), limit.delta)
+    bound = inverted_upper_bound(_bounded_p_value(x, limit), limit.delta)
     return 2 * bound - 1 if limit.loss == "drop" else bound
 
 
