@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import compose_config, per_task, run_pipeline, use_shared_data
+from common import compose_config, per_task, run_pipeline, study_setting, use_shared_data
 
 from adainfer import costs, pipeline
 from adainfer.errors import AdaInferError
@@ -144,16 +144,9 @@ def main() -> None:
     for model in args.models:
         for task in args.tasks:
             common = [
-                f"model={model}",
-                f"task={task}",
-                f"shots={args.shots}",
-                f"task.n_train={args.n_train}",
-                f"task.n_test={args.n_test}",
-                f"task.n_calibration={args.n_calibration}",
+                *study_setting(model, task, args, args.n_calibration),
                 f"risk.epsilon={args.epsilon}",
-                f"risk.delta={args.delta}",
                 f"classifier.first_layer={args.first_layer}",
-                f"mlflow.experiment={args.experiment}",
             ]
             policies = {
                 c: load_inputs(compose_config([*common, f"classifier={c}"])).policy

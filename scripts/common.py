@@ -27,6 +27,21 @@ def compose_config(overrides: list[str]) -> DictConfig:
         return compose(config_name="config", overrides=overrides)
 
 
+def study_setting(model: str, task: str, args, n_calibration: int) -> list[str]:
+    """The overrides naming a study's (model, task) setting: shots, sizes, δ and experiment
+    from its ``args`` (``shots``, ``n_train``, ``n_test``, ``delta``, ``experiment``)."""
+    return [
+        f"model={model}",
+        f"task={task}",
+        f"shots={args.shots}",
+        f"task.n_train={args.n_train}",
+        f"task.n_test={args.n_test}",
+        f"task.n_calibration={n_calibration}",
+        f"risk.delta={args.delta}",
+        f"mlflow.experiment={args.experiment}",
+    ]
+
+
 def run_pipeline(overrides: list[str]) -> dict[str, float]:
     """One tracked pipeline job (as ``python run.py <overrides>``); its metrics."""
     return pipeline.run(compose_config(overrides))

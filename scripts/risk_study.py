@@ -66,7 +66,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import per_task, run_pipeline, use_shared_data
+from common import per_task, run_pipeline, study_setting, use_shared_data
 
 from adainfer.errors import AdaInferError
 from adainfer.risk import RiskLimit
@@ -313,17 +313,8 @@ def main() -> None:
     start, rows = time.perf_counter(), []
     for model in args.models:
         for task in args.tasks:
-            common = [
-                f"model={model}",
-                f"task={task}",
-                f"shots={args.shots}",
-                f"task.n_train={args.n_train}",
-                f"task.n_test={args.n_test}",
-                f"task.n_calibration={n_calibration.get(task, args.n_calibration)}",
-                f"risk.delta={args.delta}",
-                f"risk.resplits={args.resplits}",
-                f"mlflow.experiment={args.experiment}",
-            ]
+            n_cal = n_calibration.get(task, args.n_calibration)
+            common = [*study_setting(model, task, args, n_cal), f"risk.resplits={args.resplits}"]
             fill = {
                 "eps": args.epsilon,
                 "first": f"classifier.first_layer={args.first_layer}",
