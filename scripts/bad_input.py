@@ -131,7 +131,9 @@ def run_case(case: Case, work: Path) -> dict:
         "HF_HUB_OFFLINE": "1",
         **case.env,
     }
-    argv = [sys.executable, str(REPO / "run.py"), *case.args, f"hydra.run.dir={folder}/out"]
+    # Each case is a mistake made on the paper's AdaInfer (preset=paper), not the default job.
+    argv = [sys.executable, str(REPO / "run.py"), "preset=paper", *case.args]
+    argv.append(f"hydra.run.dir={folder}/out")
     start = time.perf_counter()
     proc = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
     seconds = time.perf_counter() - start

@@ -33,17 +33,18 @@ batch 16; m/ideal_L is printed beside it.
     ADAINFER_DATA_DIR=../shared/data python scripts/bench_engine.py --task sst2 --shots 0
 
 **A pipeline job's own policy** (``--run``, repeatable): the run.py overrides of one job, in
-one quoted string. The job is composed as run.py would (``stage=extract`` semantics: the traces
-come from the trace store when that job, or a study running it, stored them, else from one LLM
-pass; the model's weights are loaded; no MLflow run), its policy is fitted on the fit records
-and, with ``risk.epsilon``, calibrated (adainfer.decide, as the job would), and that policy
-with its probe (a tuned lens too) is timed through the engine against the full forward on the
-job's test prompts (the first ``--n-timed``), at each ``--batch-sizes``. The rows have the
-columns above; the verdict: measured >= ``--min-speedup`` (default 1.2) and every exit equal to
-the trace evaluation's. ``--device`` sets the job's trainer.accelerator / trainer.devices; the
-rest (model, task, sizes, shots, model.dtype) is the job's own. The overrides must equal the
-study's job (sizes, shots, seed, probe, calibration) for its traces and tuned lens to be
-reused.
+one quoted string. The job is composed as ``run.py preset=paper`` would (unless the string
+names a preset, e.g. ``--run preset=certified`` for the default job; ``stage=extract``
+semantics: the traces come from the trace store when that job, or a study running it, stored
+them, else from one LLM pass; the model's weights are loaded; no MLflow run), its policy is
+fitted on the fit records and, with ``risk.epsilon``, calibrated (adainfer.decide, as the job
+would), and that policy with its probe (a tuned lens too) is timed through the engine against
+the full forward on the job's test prompts (the first ``--n-timed``), at each
+``--batch-sizes``. The rows have the columns above; the verdict: measured >= ``--min-speedup``
+(default 1.2) and every exit equal to the trace evaluation's. ``--device`` sets the job's
+trainer.accelerator / trainer.devices; the rest (model, task, sizes, shots, model.dtype) is the
+job's own. The overrides must equal the study's job (sizes, shots, seed, probe, calibration)
+for its traces and tuned lens to be reused.
 
 Issue #14's check, with scripts/risk_study.py's full study (its docstring) run first: put the
 best deployable policy of SmolLM2's SST-2 and AG News rows (classifier=, probe=,

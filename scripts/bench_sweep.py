@@ -48,6 +48,7 @@ def main() -> None:
     env = dict(os.environ)
     env.setdefault("ADAINFER_DATA_DIR", str(REPO.parent / "shared" / "data"))
     common = [
+        "preset=paper",
         f"model={args.model}",
         f"task={args.task}",
         f"shots={args.shots}",

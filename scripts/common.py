@@ -22,7 +22,11 @@ def use_shared_data() -> None:
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
-    """The job config ``python run.py <overrides>`` would get."""
+    """The job config ``python run.py preset=paper <overrides>`` would get: a study names what
+    it changes from the paper's AdaInfer, not from the default job (conf/preset/), unless its
+    overrides pick a preset themselves."""
+    if not any(o.startswith("preset=") for o in overrides):
+        overrides = ["preset=paper", *overrides]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
 

@@ -2,7 +2,8 @@
 # The runs behind docs/RESULTS.md: the paper's tables on the two embedded models, tracked in the
 # MLflow experiment "results" (of $MLFLOW_TRACKING_URI, else MLflow's default store), then the
 # report (tables as Markdown/CSV, figures) in $out. The LLM runs once per (model, task, shots,
-# split); every classifier and study job after that reads the cached layer traces. Cheap tasks
+# split); every classifier and study job after that reads the cached layer traces. Every job
+# starts from preset=paper: the paper's AdaInfer, not the default job's choices. Cheap tasks
 # come first, and a report is written after them, so a cut-short run still leaves tables.
 #   ADAINFER_DATA_DIR=../shared/data bash scripts/results.sh [n] [out]
 set -euo pipefail
@@ -10,14 +11,14 @@ n=${1:-100}
 out=${2:-docs/results}
 cd "$(dirname "$0")/.."
 models=smollm2_135m,gemma3_270m
-policies=(classifier=svm,crf,gap task.n_train="$n" task.n_test="$n" mlflow.experiment=results)
+policies=(preset=paper classifier=svm,crf,gap task.n_train="$n" task.n_test="$n" mlflow.experiment=results)
 grid=(shots=0,5 "${policies[@]}")
 
 # Tables 2/3, 4 and 8/9, classification and rule understanding: zero- and 5-shot, SVM/CRF/GAP.
 python run.py -m model=$models task=sst2,ag_news,rules "${grid[@]}"
 
 # Table 7 (factor study) and Table 6 (generalization) on SST-2, 5-shot, for each model.
-study=(task=sst2 shots=5 task.n_train="$n" task.n_test="$n" mlflow.experiment=results)
+study=(preset=paper task=sst2 shots=5 task.n_train="$n" task.n_test="$n" mlflow.experiment=results)
 python run.py -m model=$models "${study[@]}" classifier=svm,logreg feature_set=attn,mlp,hidden
 python run.py -m model=$models "${study[@]}" classifier=logreg
 python run.py -m model=$models "${study[@]}" classifier=svm "+task@fit.tasks.other=ag_news" \

@@ -8,7 +8,7 @@ model=${1:-smollm2_135m}
 task=${2:-sst2}
 n=${3:-200}
 out=${4:-docs/studies}
-common=(model="$model" task="$task" shots=5 task.n_train="$n" task.n_test="$n"
+common=(preset=paper model="$model" task="$task" shots=5 task.n_train="$n" task.n_test="$n"
         mlflow.experiment=studies)
 cd "$(dirname "$0")/.."
 

@@ -8,7 +8,7 @@ import sys
 
 import mlflow
 import pytest
-from conftest import REPO
+from conftest import REPO, paper
 
 from adainfer import extract, pipeline
 from adainfer.errors import AdaInferError
@@ -25,7 +25,7 @@ def run_py(args: list[str], tmp_path, **env) -> subprocess.CompletedProcess:
         [
             sys.executable,
             str(REPO / "run.py"),
-            *args,
+            *paper(args),
             f"hydra.sweep.dir={tmp_path / 'multirun'}",
             f"hydra.run.dir={tmp_path / 'outputs'}",
         ],

@@ -16,7 +16,7 @@ from contextlib import closing
 
 import mlflow
 import pytest
-from conftest import REPO
+from conftest import REPO, paper
 from mlflow import MlflowClient
 from test_cli import run_py
 
@@ -58,7 +58,7 @@ def start_job(args: list[str], tmp_path, name: str = "job") -> subprocess.Popen:
         [
             sys.executable,
             str(REPO / "run.py"),
-            *args,
+            *paper(args),
             f"hydra.run.dir={tmp_path / 'outputs' / name}",
         ],
         cwd=tmp_path,

@@ -20,7 +20,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from conftest import REPO, compose_cfg
+from conftest import REPO, compose_cfg, paper
 
 from adainfer import pipeline
 from adainfer.errors import AdaInferError
@@ -39,7 +39,7 @@ def run_py(args: list[str], root: Path, uri: str) -> subprocess.CompletedProcess
     command = [
         sys.executable,
         str(REPO / "run.py"),
-        *args,
+        *paper(args),
         f"mlflow.experiment={EXPERIMENT}",
         f"traces.dir={root / 'traces'}",
         f"hydra.sweep.dir={root / 'multirun'}",

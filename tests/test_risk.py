@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -338,3 +339,34 @@ def test_the_run_says_in_one_line_what_it_saved_and_what_it_guaranteed():
     assert costly.startswith("cost 14.9% more than the full model's FLOPs")
     assert "no guarantee asked" in costly
     assert "\n" not in certified + refused + costly
+
+
+def test_the_default_job_runs_end_to_end_and_says_what_it_guaranteed(
+    tracking_uri, tmp_path, data_dir, monkeypatch, caplog
+):
+    """The default job's choices (conf/preset/certified.yaml: SST-2, the state head through the
+    tuned lens, a wsr·drop guarantee) on tiny_llama at small sizes: one verdict line that states
+    the guarantee, or that nothing was certified, in which case it never exits early."""
+    monkeypatch.setenv("ADAINFER_DATA_DIR", str(data_dir))
+    cfg = compose_cfg(
+        [
+            "preset=certified",
+            "model=tiny_llama",
+            "shots=1",
+            "task.n_train=40",
+            "task.n_calibration=60",
+            "task.n_test=30",
+            f"mlflow.tracking_uri={tracking_uri}",
+            "mlflow.experiment=default_job",
+            f"traces.dir={tmp_path}",
+        ]
+    )
+    with caplog.at_level(logging.INFO, logger="adainfer.pipeline"):
+        metrics = pipeline.run(cfg)
+    (line,) = [r.getMessage() for r in caplog.records if "the full model's FLOPs" in r.getMessage()]
+    if metrics["risk_certified"]:
+        assert "guaranteed: a drop <= 5 points w.p. >= 0.9 (wsr bound on the drop loss" in line
+    else:
+        assert "nothing could be certified at a drop <= 5 points" in line
+        assert metrics["acc"] == metrics["acc_full"]
+        assert metrics["exit_layer_mean"] == cfg.model.num_layers

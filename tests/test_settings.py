@@ -7,7 +7,8 @@ import sys
 
 import mlflow
 import pytest
-from conftest import compose_cfg
+from conftest import CONF, compose_cfg
+from hydra import compose, initialize_config_dir
 from test_cli import run_py
 
 from adainfer import pipeline
@@ -68,8 +69,25 @@ def test_each_bad_setting_is_named_before_any_run(overrides, message, tracking_u
 
 
 def test_the_shipped_configs_are_valid():
-    for overrides in ([], ["task=rules", "probe=tuned"], ["task=sst2", "classifier=crf"]):
-        assert check_settings(compose_cfg(overrides)) == []
+    for overrides in (
+        [],
+        ["task=rules", "probe=tuned"],
+        ["task=sst2", "classifier=crf"],
+        ["preset=certified"],
+        ["preset=certified", "model=gemma3_270m"],
+    ):
+        assert check_settings(compose_cfg(overrides)) == [], overrides
+
+
+def test_the_default_job_is_the_certified_preset_with_a_guarantee():
+    """``python run.py`` with no overrides composes conf/preset/certified.yaml, which states a
+    guarantee (risk.epsilon) for a policy risk control can calibrate."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        default = compose(config_name="config")
+    assert default == compose_cfg(["preset=certified"])
+    assert default != compose_cfg([])  # the paper's AdaInfer is not the default job
+    assert check_settings(default) == []
+    assert default.risk.epsilon is not None
 
 
 def test_several_mistakes_are_listed_in_one_message():

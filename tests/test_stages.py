@@ -9,7 +9,7 @@ import sys
 
 import mlflow
 import pytest
-from conftest import REPO, compose_cfg
+from conftest import REPO, compose_cfg, paper
 from test_cli import run_py, runs_in
 
 from adainfer import pipeline
@@ -47,7 +47,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def run_watched(args: list[str], tmp_path) -> subprocess.CompletedProcess:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    command = [sys.executable, "-c", WATCHED, str(REPO / "run.py"), *args]
+    command = [sys.executable, "-c", WATCHED, str(REPO / "run.py"), *paper(args)]
     command += [f"hydra.sweep.dir={tmp_path / 'multirun'}", f"hydra.run.dir={tmp_path / 'out'}"]
     return subprocess.run(
         command, cwd=tmp_path, env=env | {"HF_HUB_OFFLINE": "1"}, capture_output=True, text=True
