@@ -200,7 +200,7 @@ def _free_port() -> int:
         ),
     ],
 )
-def test_unusable_store_fails_fast_before_the_model_loads(uri, expected, tmp_path):
+def test_unusable_store_fails_fast_before_the_model_loads(uri, expected, tmp_path, data_dir):
     (tmp_path / "a_file").write_text("not a folder")
     port = _free_port()  # nothing listens there
     uri, expected = (s.format(tmp=tmp_path, port=port) for s in (uri, expected))
@@ -208,7 +208,13 @@ def test_unusable_store_fails_fast_before_the_model_loads(uri, expected, tmp_pat
     proc = subprocess.run(
         [sys.executable, str(REPO / "run.py"), f"hydra.run.dir={tmp_path / 'outputs'}"],
         cwd=tmp_path,
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"},
+        # The default job, as the README runs it (its SST-2 from the shared data).
+        env={
+            **os.environ,
+            "MLFLOW_TRACKING_URI": uri,
+            "HF_HUB_OFFLINE": "1",
+            "ADAINFER_DATA_DIR": str(data_dir),
+        },
         capture_output=True,
         text=True,
         timeout=120,
