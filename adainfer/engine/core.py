@@ -15,6 +15,7 @@ features of every layer it visited, plus a log of the work done (:class:`BatchWo
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from functools import partial
 
 import numpy as np
@@ -207,6 +208,21 @@ class EarlyExitEngine:
         return EngineResult.merge(
             [(index, self.run_batch(ids, mask, keep_logits)) for index, ids, mask in batches]
         )
+
+    def generate(
+        self,
+        input_ids: list[list[int]],
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        kv_fill: str = "propagate",
+        batch_size: int = 8,
+        eos_token_id: Sequence[int] | None = None,
+    ):
+        """Greedy generation with a per-token early exit (:func:`adainfer.engine.generate.
+        generate`): a :class:`~adainfer.engine.result.Generation`."""
+        from adainfer.engine.generate import generate
+
+        return generate(self, input_ids, max_new_tokens, stop, kv_fill, batch_size, eos_token_id)
 
     # -- one batch ---------------------------------------------------------------------------
     def probe(self, last_hidden: torch.Tensor, layer: int = -1) -> tuple[torch.Tensor, ...]:
