@@ -327,3 +327,39 @@ def test_bad_generation_settings_are_refused(untouched):
         engine.generate(ids, 4, stop=["\n", ""])
     with pytest.raises(AdaInferError, match="batch is empty"):
         engine.generate([], 4)
+
+
+# -- the real models -----------------------------------------------------------------------------
+def _gemma3():
+    from conftest import compose_cfg
+    from hydra.utils import instantiate
+
+    loaded = instantiate(compose_cfg(["model=gemma3_270m"]).model).load()
+    assert loaded.num_layers == 18 and loaded.config.model_type == "gemma3_text"
+    assert {"sliding_attention", "full_attention"} <= set(loaded.config.layer_types)
+    return loaded
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_real_model_never_equals_model_generate(name, request):
+    """The embedded SmolLM2-135M and Gemma-3-270M (sliding and full layers, two rotary bases):
+    with its own end-of-sequence tokens, one prompt at a time and in a padded batch; and with
+    the stop string "\\n" against ``generate(stop_strings=...)`` (which pads a finished row
+    with padding, so the rows are compared up to our stop)."""
+    loaded = request.getfixturevalue("smollm2_model") if name == "smollm2" else _gemma3()
+    ids, max_new = _ids(loaded), 8
+    engine = EarlyExitEngine(loaded, NeverExit())
+    padded = engine.generate(ids, max_new, batch_size=len(ids))
+    assert padded.tokens == hf_greedy(loaded, PROMPTS, max_new, eos=True)
+    alone = engine.generate(ids, max_new, batch_size=1)
+    assert alone.tokens == [hf_greedy(loaded, [text], max_new, eos=True)[0] for text in PROMPTS]
+    stopped = engine.generate(ids, max_new, ["\n"], batch_size=len(ids))
+    assert "stop" in stopped.finish
+    theirs = hf_greedy(
+        loaded, PROMPTS, max_new, eos=True, stop_strings=["\n"], tokenizer=loaded.tokenizer
+    )
+    padding = _eos(loaded) | {loaded.tokenizer.pad_token_id}
+    for ours, row, text in zip(stopped.tokens, theirs, stopped.text, strict=True):
+        assert row[: len(ours)] == ours and set(row[len(ours) :]) <= padding
+        assert "\n" not in text
