@@ -20,6 +20,7 @@ from adainfer.engine.kv import project_kv
 from adainfer.errors import AdaInferError
 from adainfer.features import LayerRecords
 from adainfer.policies import CRFPolicy, GapThreshold, NeverExit, OracleConsistent, OracleGold
+from adainfer.probes import TunedLens
 
 PROMPTS = ["Q: Monday\nA: Tuesday\n\nQ: March\nA:", "Q: b\nA:", "Q: seven\nA: eight\n\nQ: one\nA:"]
 SLIDING = dict(
@@ -79,12 +80,14 @@ def hf_greedy(loaded, texts, max_new: int, eos: bool = False, **kwargs) -> list[
     return [row[:n] for row, n in zip(rows, cut, strict=True)]
 
 
-def reference(loaded, ids: list[int], max_new: int, decide) -> tuple[list[int], list[int]]:
+def reference(
+    loaded, ids: list[int], max_new: int, decide, lens: TunedLens | None = None
+) -> tuple[list[int], list[int]]:
     """Greedy tokens and exit layers of one prompt, written plainly: a full-depth prefill,
     then each token through the decoder layers one by one; after layer j < L,
     ``decide(j, logits)`` (the logit lens) says whether it exits; every later layer is run on
     the exit hidden state, its output thrown away: what it writes to the cache is the K/V it
-    computes from that state."""
+    computes from that state. ``lens``: a tuned lens's translator before the norm and head."""
     model, parts, L = loaded.model, loaded.parts, loaded.num_layers
     config = model.config
     opt = config.model_type == "opt"
@@ -113,7 +116,8 @@ def reference(loaded, ids: list[int], max_new: int, decide) -> tuple[list[int], 
                     layer(exit_state, **kwargs)  # writes K/V from the exit state; output unused
                     continue
                 h = layer(h, **kwargs)
-                logits = parts.probe_logits(h[0, -1]).float()
+                read = h[0, -1] if lens is None else h[0, -1] @ lens.weight[j] + lens.bias[j]
+                logits = parts.probe_logits(read if j + 1 < L else h[0, -1]).float()
                 if j + 1 == L or decide(j + 1, logits):
                     exit_state = h
                     tokens.append(int(logits.argmax()))
@@ -126,9 +130,10 @@ def gap_of(logits: torch.Tensor) -> float:
     return float(top[0] - top[1])
 
 
-def mid_gap(loaded, prompts, max_new: int) -> float:
-    """A gap threshold at which this model's tokens exit at several depths (the median gap of
-    layers 1..L-1 along the full-depth greedy path)."""
+def mid_gap(loaded, prompts, max_new: int, lens: TunedLens | None = None) -> float:
+    """A gap threshold at which this model's tokens exit at several depths, by the reference:
+    the first quantile of the gaps along the full-depth greedy path (median first) whose
+    early-exit tokens exit at more than one layer."""
     gaps = []
 
     def record(j, logits):
@@ -136,8 +141,27 @@ def mid_gap(loaded, prompts, max_new: int) -> float:
         return False
 
     for ids in prompts:
-        reference(loaded, ids, max_new, record)
-    return float(np.median(gaps))
+        reference(loaded, ids, max_new, record, lens)
+    for q in (0.5, 0.7, 0.3, 0.8, 0.2, 0.9, 0.1, 0.95, 0.05):
+        threshold = float(np.quantile(gaps, q))
+        exits = set()
+        for ids in prompts:
+            _, layers = reference(
+                loaded, ids, max_new, lambda j, x, t=threshold: gap_of(x) > t, lens
+            )
+            exits |= set(layers[1:])
+        if len(exits) > 1:
+            return threshold
+    raise AssertionError(f"no gap threshold gives exits at several depths: gaps {gaps}")
+
+
+def random_lens(loaded) -> TunedLens:
+    """Translators near the identity but not it: a probe that reads otherwise than the logit
+    lens, so a generation that ignored it would exit elsewhere."""
+    g = torch.Generator().manual_seed(0)
+    L, h = loaded.num_layers, loaded.hidden_size
+    weight = torch.eye(h) + 0.5 * torch.randn(L, h, h, generator=g) / h**0.5
+    return TunedLens(weight, 0.1 * torch.randn(L, h, generator=g))
 
 
 # -- the library's own greedy search ------------------------------------------------------------
@@ -178,15 +202,17 @@ def test_project_kv_equals_what_each_layer_caches(model):
 
 # -- skipped layers' cache: a plain reference ---------------------------------------------------
 @pytest.mark.parametrize("kv_fill", ["propagate", "recompute"])
-@pytest.mark.parametrize("kind", ["fixed 2", "gap"])
+@pytest.mark.parametrize("kind", ["fixed 2", "gap", "gap, tuned lens"])
 def test_early_exit_equals_the_plain_reference(model, kind, kv_fill):
     """Tokens and exit layers equal the reference's, one prompt at a time: a fixed exit at
     layer 2, and a gap threshold at which tokens exit at several depths, so later tokens do
-    read the entries filled for the layers earlier tokens skipped. ``recompute`` computes the
+    read the entries filled for the layers earlier tokens skipped (read through the logit
+    lens, or a tuned lens whose translators are not the identity). ``recompute`` computes the
     same entries later, so it gives the same result, with fewer fills."""
     ids, max_new, L = _ids(model), 8, model.num_layers
-    if kind == "gap":
-        threshold = mid_gap(model, ids, max_new)
+    lens = random_lens(model) if kind.endswith("tuned lens") else None
+    if kind.startswith("gap"):
+        threshold = mid_gap(model, ids, max_new, lens)
         policy = GapThreshold(threshold=threshold)
 
         def decide(j, logits):
@@ -197,16 +223,16 @@ def test_early_exit_equals_the_plain_reference(model, kind, kv_fill):
         def decide(j, logits):
             return j == 2
 
-    engine = EarlyExitEngine(model, policy)
+    engine = EarlyExitEngine(model, policy, lens)
     got = engine.generate(ids, max_new, batch_size=1, kv_fill=kv_fill, eos_token_id=())
     propagated = engine.generate(ids, max_new, batch_size=1, eos_token_id=())
     exits = []
     for i, prompt in enumerate(ids):
-        tokens, layers = reference(model, prompt, max_new, decide)
+        tokens, layers = reference(model, prompt, max_new, decide, lens)
         assert got.tokens[i] == tokens
         assert got.work[i].exit_layer.tolist() == layers
         exits += layers[1:]
-    if kind == "gap":  # exits at several depths, some early, some at the last layer
+    if kind != "fixed 2":  # exits at several depths, some early, some at the last layer
         assert len(set(exits)) > 1 and min(exits) < L
         assert any(w.classified.sum() > 0 for w in got.work)
     fills = sum(int(w.kv_fills.sum()) for w in got.work)
