@@ -298,6 +298,27 @@ def test_rows_finishing_at_different_steps_give_the_batch_size_one_results(model
     assert scored == sum(sum(w.classified) for w in batched.steps) > 0
 
 
+def test_a_state_head_decides_each_token_without_probes(tiny_llama):
+    """A policy on hidden states (``state``, fitted as in test_engine) scores each running
+    row at the layers it is asked at and probes only the exit, for the token; batched and
+    alone agree."""
+    from test_engine import fitted
+
+    policy = fitted("state", tiny_llama)
+    engine = EarlyExitEngine(tiny_llama, policy)
+    ids = _ids(tiny_llama)
+    batched = engine.generate(ids, 8, batch_size=len(ids), eos_token_id=())
+    single = engine.generate(ids, 8, batch_size=1, eos_token_id=())
+    assert batched.tokens == single.tokens
+    asked = np.cumsum(policy.schedule_mask(tiny_llama.num_layers))
+    exits = np.concatenate([w.exit_layer[1:] for w in batched.work])
+    assert len(set(exits.tolist())) > 1, exits
+    for work, alone in zip(batched.work, single.work, strict=True):
+        assert work.exit_layer.tolist() == alone.exit_layer.tolist()
+        assert (work.probes == 1).all()
+        assert work.classified[1:].tolist() == asked[work.exit_layer[1:] - 1].tolist()
+
+
 # -- bad input ----------------------------------------------------------------------------------
 def _records(num_layers: int, n: int = 12) -> LayerRecords:
     rng = np.random.default_rng(0)
