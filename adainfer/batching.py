@@ -40,7 +40,7 @@ def pad_right(input_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
 
 def pad_left(input_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask) left-padded to the longest prompt: generation's layout
-    (:mod:`adainfer.engine.generate`), where every row's next token goes in the same column."""
+    (:mod:`adainfer.engine.generation`), where every row's next token goes in the same column."""
     width = max(len(ids) for ids in input_ids)
     ids_out = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(input_ids), width), dtype=torch.long)

@@ -14,7 +14,7 @@ import torch
 from conftest import TINY_SPECS, tiny
 from transformers import DynamicCache
 
-from adainfer.engine import EarlyExitEngine, FixedExit
+from adainfer.engine import EarlyExitEngine, FixedExit, generate
 from adainfer.engine.inputs import layer_types, rope_at
 from adainfer.engine.kv import project_kv
 from adainfer.errors import AdaInferError
@@ -170,10 +170,10 @@ def test_never_equals_model_generate(model, batch):
     ids = _ids(model)
     engine = EarlyExitEngine(model, NeverExit())
     if batch == "padded batch":
-        got = engine.generate(ids, 10, batch_size=len(ids), eos_token_id=())
+        got = generate(engine, ids, 10, batch_size=len(ids), eos_token_id=())
         expected = hf_greedy(model, PROMPTS, 10)
     else:
-        got = engine.generate(ids, 10, batch_size=1, eos_token_id=())
+        got = generate(engine, ids, 10, batch_size=1, eos_token_id=())
         expected = [hf_greedy(model, [text], 10)[0] for text in PROMPTS]
     assert got.tokens == expected
     assert got.finish == ["length"] * len(ids)
@@ -224,8 +224,8 @@ def test_early_exit_equals_the_plain_reference(model, kind, kv_fill):
             return j == 2
 
     engine = EarlyExitEngine(model, policy, lens)
-    got = engine.generate(ids, max_new, batch_size=1, kv_fill=kv_fill, eos_token_id=())
-    propagated = engine.generate(ids, max_new, batch_size=1, eos_token_id=())
+    got = generate(engine, ids, max_new, batch_size=1, kv_fill=kv_fill, eos_token_id=())
+    propagated = generate(engine, ids, max_new, batch_size=1, eos_token_id=())
     exits = []
     for i, prompt in enumerate(ids):
         tokens, layers = reference(model, prompt, max_new, decide, lens)
@@ -250,9 +250,9 @@ def test_recompute_at_full_depth_equals_never(model, policy):
     ids = _ids(model)
     L = model.num_layers
     chosen = FixedExit(L) if policy == "fixed L" else GapThreshold(threshold=2.0)
-    never = EarlyExitEngine(model, NeverExit()).generate(ids, 8, batch_size=3, eos_token_id=())
-    got = EarlyExitEngine(model, chosen).generate(
-        ids, 8, batch_size=3, kv_fill="recompute", eos_token_id=()
+    never = generate(EarlyExitEngine(model, NeverExit()), ids, 8, batch_size=3, eos_token_id=())
+    got = generate(
+        EarlyExitEngine(model, chosen), ids, 8, batch_size=3, kv_fill="recompute", eos_token_id=()
     )
     assert got.tokens == never.tokens
     assert all(w.kv_fills.sum() == 0 and (w.exit_layer == L).all() for w in got.work)
@@ -269,12 +269,12 @@ def test_rows_finishing_at_different_steps_give_the_batch_size_one_results(model
     ids, max_new = _ids(model), 8
     policy = GapThreshold(threshold=mid_gap(model, ids, max_new))
     engine = EarlyExitEngine(model, policy)
-    free = engine.generate(ids, max_new, batch_size=1, kv_fill=kv_fill, eos_token_id=())
+    free = generate(engine, ids, max_new, batch_size=1, kv_fill=kv_fill, eos_token_id=())
     # The text of row r's token r + 2: a stop string that ends row r by its step r + 3.
     decode = model.tokenizer.decode
     stop = sorted({decode([free.tokens[r][r + 2]]) for r in range(len(ids))} - {""})
-    single = engine.generate(ids, max_new, stop, kv_fill, batch_size=1, eos_token_id=())
-    batched = engine.generate(ids, max_new, stop, kv_fill, batch_size=len(ids), eos_token_id=())
+    single = generate(engine, ids, max_new, stop, kv_fill, batch_size=1, eos_token_id=())
+    batched = generate(engine, ids, max_new, stop, kv_fill, batch_size=len(ids), eos_token_id=())
     lengths = [len(t) for t in single.tokens]
     assert len(set(lengths)) > 1 and "stop" in single.finish, (lengths, single.finish)
     assert batched.tokens == single.tokens and batched.finish == single.finish
@@ -307,8 +307,8 @@ def test_a_state_head_decides_each_token_without_probes(tiny_llama):
     policy = fitted("state", tiny_llama)
     engine = EarlyExitEngine(tiny_llama, policy)
     ids = _ids(tiny_llama)
-    batched = engine.generate(ids, 8, batch_size=len(ids), eos_token_id=())
-    single = engine.generate(ids, 8, batch_size=1, eos_token_id=())
+    batched = generate(engine, ids, 8, batch_size=len(ids), eos_token_id=())
+    single = generate(engine, ids, 8, batch_size=1, eos_token_id=())
     assert batched.tokens == single.tokens
     asked = np.cumsum(policy.schedule_mask(tiny_llama.num_layers))
     exits = np.concatenate([w.exit_layer[1:] for w in batched.work])
@@ -343,13 +343,13 @@ def untouched(tiny_llama):
 def test_policies_that_cannot_run_online_are_refused(untouched, policy):
     policy.fit(_records(untouched.num_layers))
     with pytest.raises(AdaInferError, match=f"(?s){policy.name}.*cannot run"):
-        EarlyExitEngine(untouched, policy).generate(_ids(untouched), 4)
+        generate(EarlyExitEngine(untouched, policy), _ids(untouched), 4)
 
 
 @pytest.mark.parametrize("max_new", [0, -3, 2.5])
 def test_nothing_to_generate_is_refused(untouched, max_new):
     with pytest.raises(AdaInferError, match=f"(?s)max_new_tokens={max_new}.*>= 1"):
-        EarlyExitEngine(untouched, NeverExit()).generate(_ids(untouched), max_new)
+        generate(EarlyExitEngine(untouched, NeverExit()), _ids(untouched), max_new)
 
 
 def test_a_prompt_that_leaves_no_room_is_refused(untouched):
@@ -357,23 +357,23 @@ def test_a_prompt_that_leaves_no_room_is_refused(untouched):
     context = untouched.max_length
     full = [[5] * 3, [7] * context]
     with pytest.raises(AdaInferError, match=f"(?s)prompt 1 is {context} tokens.*at most 0 new"):
-        engine.generate(full, 1)
+        generate(engine, full, 1)
     nearly = [[7] * (context - 2)]
     with pytest.raises(AdaInferError, match=f"(?s)needs {context + 1} positions.*at most 2 new"):
-        engine.generate(nearly, 3)
+        generate(engine, nearly, 3)
 
 
 def test_bad_generation_settings_are_refused(untouched):
     engine = EarlyExitEngine(untouched, NeverExit())
     ids = _ids(untouched)
     with pytest.raises(AdaInferError, match="(?s)kv_fill='copy'.*propagate"):
-        engine.generate(ids, 4, kv_fill="copy")
+        generate(engine, ids, 4, kv_fill="copy")
     with pytest.raises(AdaInferError, match="stop strings"):
-        engine.generate(ids, 4, stop="\n")
+        generate(engine, ids, 4, stop="\n")
     with pytest.raises(AdaInferError, match="stop strings"):
-        engine.generate(ids, 4, stop=["\n", ""])
+        generate(engine, ids, 4, stop=["\n", ""])
     with pytest.raises(AdaInferError, match="batch is empty"):
-        engine.generate([], 4)
+        generate(engine, [], 4)
 
 
 # -- the real models -----------------------------------------------------------------------------
@@ -397,11 +397,11 @@ def test_real_model_never_equals_model_generate(name, request):
     loaded = request.getfixturevalue("smollm2_model") if name == "smollm2" else _gemma3()
     ids, max_new = _ids(loaded), 8
     engine = EarlyExitEngine(loaded, NeverExit())
-    padded = engine.generate(ids, max_new, batch_size=len(ids))
+    padded = generate(engine, ids, max_new, batch_size=len(ids))
     assert padded.tokens == hf_greedy(loaded, PROMPTS, max_new, eos=True)
-    alone = engine.generate(ids, max_new, batch_size=1)
+    alone = generate(engine, ids, max_new, batch_size=1)
     assert alone.tokens == [hf_greedy(loaded, [text], max_new, eos=True)[0] for text in PROMPTS]
-    stopped = engine.generate(ids, max_new, ["\n"], batch_size=len(ids))
+    stopped = generate(engine, ids, max_new, ["\n"], batch_size=len(ids))
     assert "stop" in stopped.finish
     theirs = hf_greedy(
         loaded, PROMPTS, max_new, eos=True, stop_strings=["\n"], tokenizer=loaded.tokenizer

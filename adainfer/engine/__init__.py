@@ -10,7 +10,7 @@ See docs/ENGINE.md for the design and ``adainfer.costs`` for what a run costs.
 """
 
 from adainfer.engine.core import BatchWork, EarlyExitEngine, EngineResult
-from adainfer.engine.generate import generate
+from adainfer.engine.generation import generate
 from adainfer.engine.inputs import ENGINE_MODEL_TYPES, LayerInputs, layer_inputs
 from adainfer.engine.kv import KV_FILLS
 from adainfer.engine.online import FixedExit, check_online, check_policy, is_online

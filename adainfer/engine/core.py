@@ -15,7 +15,6 @@ features of every layer it visited, plus a log of the work done (:class:`BatchWo
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from functools import partial
 
 import numpy as np
@@ -209,21 +208,6 @@ class EarlyExitEngine:
             [(index, self.run_batch(ids, mask, keep_logits)) for index, ids, mask in batches]
         )
 
-    def generate(
-        self,
-        input_ids: list[list[int]],
-        max_new_tokens: int,
-        stop: Sequence[str] = (),
-        kv_fill: str = "propagate",
-        batch_size: int = 8,
-        eos_token_id: Sequence[int] | None = None,
-    ):
-        """Greedy generation with a per-token early exit (:func:`adainfer.engine.generate.
-        generate`): a :class:`~adainfer.engine.result.Generation`."""
-        from adainfer.engine.generate import generate
-
-        return generate(self, input_ids, max_new_tokens, stop, kv_fill, batch_size, eos_token_id)
-
     # -- one batch ---------------------------------------------------------------------------
     def probe(self, last_hidden: torch.Tensor, layer: int = -1) -> tuple[torch.Tensor, ...]:
         """Read [rows, hidden] after ``layer`` (0-based; -1 the last) through the probe:
@@ -281,7 +265,7 @@ class EarlyExitEngine:
         boolean stop mask over the running rows, the logits (of every running row when all
         were probed, else rows that stop; None when none was probed) and the last token's
         hidden state when it was read (for the next layer's cosines). The one per-layer step
-        of both :meth:`run_batch` and generation (:mod:`adainfer.engine.generate`)."""
+        of both :meth:`run_batch` and generation (:mod:`adainfer.engine.generation`)."""
         L = self.num_layers
         depth = i + 1
         now = None

@@ -152,7 +152,7 @@ _BUILD = {"llama_like": _llama_like, "opt": _opt}
 ENGINE_MODEL_TYPES = tuple(sorted(t for t, family in FAMILIES.items() if family in _BUILD))
 
 
-# -- one decoding step (adainfer.engine.generate) -----------------------------------------------
+# -- one decoding step (adainfer.engine.generation) -------------------------------------------
 def rope_at(model: torch.nn.Module, layer_type: str, positions: torch.Tensor):
     """The rotary (cos, sin) of a layer of ``layer_type`` at ``positions`` [n, t]; None for
     OPT (absolute positions, added to the embeddings)."""
