@@ -19,6 +19,7 @@ from adainfer.engine.inputs import layer_types, rope_at
 from adainfer.engine.kv import project_kv
 from adainfer.errors import AdaInferError
 from adainfer.features import LayerRecords
+from adainfer.models import supported_model_types
 from adainfer.policies import CRFPolicy, GapThreshold, NeverExit, OracleConsistent, OracleGold
 from adainfer.probes import TunedLens
 
@@ -410,3 +411,37 @@ def test_real_model_never_equals_model_generate(name, request):
     for ours, row, text in zip(stopped.tokens, theirs, stopped.text, strict=True):
         assert row[: len(ours)] == ours and set(row[len(ours) :]) <= padding
         assert "\n" not in text
+
+
+# Every other model type adainfer probes (sizes as in test_engine: a window shorter than the
+# prompts where the type has one).
+OTHER_TYPES = {
+    "gemma": dict(num_key_value_heads=1, head_dim=16),
+    "gemma2": dict(num_key_value_heads=1, head_dim=16, sliding_window=4),
+    "mistral": dict(num_key_value_heads=2, sliding_window=4),
+    "phi3": dict(num_key_value_heads=2, sliding_window=4),
+    "qwen2": dict(
+        num_key_value_heads=2, use_sliding_window=True, sliding_window=4, max_window_layers=2
+    ),
+    "qwen3": dict(num_key_value_heads=2),
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(OTHER_TYPES))
+def test_every_other_model_type_generates_as_model_generate(model_type):
+    """With ``never``, padded; and a fixed exit equals the plain reference (Phi-3, whose K/V
+    projection is fused, is refused before it runs)."""
+    assert set(OTHER_TYPES) | set(TINY_SPECS) | {"llama"} >= set(supported_model_types())
+    loaded = tiny(model_type, **OTHER_TYPES[model_type]).load()
+    assert loaded.num_layers == 4 and loaded.config.model_type == model_type
+    ids = _ids(loaded)
+    never = generate(EarlyExitEngine(loaded, NeverExit()), ids, 6, batch_size=3, eos_token_id=())
+    assert never.tokens == hf_greedy(loaded, PROMPTS, 6)
+    engine = EarlyExitEngine(loaded, FixedExit(2))
+    if model_type == "phi3":
+        with pytest.raises(AdaInferError, match="fused projection"):
+            generate(engine, ids, 6, eos_token_id=())
+        return
+    got = generate(engine, ids, 6, batch_size=3, eos_token_id=())
+    for i, prompt in enumerate(ids):
+        assert got.tokens[i] == reference(loaded, prompt, 6, lambda j, x: j == 2)[0]

@@ -27,7 +27,7 @@ from transformers import DynamicCache
 from adainfer.batching import length_order, pad_left
 from adainfer.engine.core import EarlyExitEngine, _Capture, _Rows
 from adainfer.engine.inputs import decode_inputs, layer_types, rope_at
-from adainfer.engine.kv import SkippedKV, check_kv_fill
+from adainfer.engine.kv import SkippedKV, check_fillable, check_kv_fill
 from adainfer.engine.result import BatchWork, Generation, Outputs, TokenWork
 from adainfer.errors import AdaInferError
 
@@ -63,6 +63,8 @@ def check_generation(
     the engine was built)."""
     engine._check_prompts(input_ids)
     check_kv_fill(kv_fill)
+    if not engine.policy.never_stops():  # it may skip layers, whose cache must be filled
+        check_fillable(engine.parts.layers)
     whole = isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool)
     if not whole or max_new_tokens < 1:
         raise AdaInferError(

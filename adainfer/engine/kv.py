@@ -47,6 +47,17 @@ def check_kv_fill(kv_fill: str) -> None:
         )
 
 
+def check_fillable(layers) -> None:
+    """Refuse, before generation runs, a model whose skipped layers' K/V cannot be computed."""
+    attn = layers[0].self_attn
+    if not (hasattr(attn, "k_proj") and hasattr(attn, "v_proj")):
+        raise AdaInferError(
+            f"{type(attn).__name__} has no separate k_proj / v_proj (a fused projection), so "
+            "early-exit generation cannot fill its skipped layers' cache",
+            "generate with a Llama-like, Gemma or OPT model, or with policy=never",
+        )
+
+
 def project_kv(
     layer: torch.nn.Module, hidden: torch.Tensor, rope: Rope
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,12 +65,7 @@ def project_kv(
     its input norm, K/V projections, per-head key norm and rotary embedding (``rope``: the
     layer's (cos, sin) at those positions; None for OPT's absolute positions). [n, kv, t, d]."""
     attn = layer.self_attn
-    if not (hasattr(attn, "k_proj") and hasattr(attn, "v_proj")):
-        raise AdaInferError(
-            f"{type(attn).__name__} has no separate k_proj / v_proj (a fused projection), so "
-            "early-exit generation cannot fill its skipped layers' cache",
-            "generate with a Llama-like, Gemma or OPT model, or with policy=never",
-        )
+    check_fillable([layer])
     if hasattr(layer, "input_layernorm"):
         x = layer.input_layernorm(hidden)
     else:  # OPT: pre-norm models (do_layer_norm_before) normalise before attention
@@ -160,17 +166,16 @@ class SkippedKV:
 
     def rest(self, first: int) -> None:
         """Every row stopped: fill (or mark) layers ``first``.. of this step's column."""
-        like = self.cache.layers[0].keys
         for j in range(first, len(self.layers)):
-            store = self.cache.layers[j]
-            key = like.new_zeros(self.batch, store.keys.shape[1], 1, store.keys.shape[-1])
+            store = self.cache.layers[j]  # on its layer's device (a dispatched model: many)
+            key = store.keys.new_zeros(self.batch, store.keys.shape[1], 1, store.keys.shape[-1])
             value = store.values.new_zeros(key.shape[:-1] + store.values.shape[-1:])
             self._exited_kv(j, key, value)
             self.cache.update(key, value, j)
 
     def select(self, keep: torch.Tensor) -> None:
         """Only the batch rows ``keep`` go on (the others finished): cache and pending."""
-        self.cache.batch_select_indices(keep.to(self.cache.layers[0].keys.device))
+        self.cache.batch_select_indices(keep)
         new = {int(old): new for new, old in enumerate(keep.tolist())}
         self.pending = [
             [(new[p[0]], *p[1:]) for p in layer if p[0] in new] for layer in self.pending
