@@ -128,6 +128,28 @@ class _Texts:
         return TokenWork(*cols)
 
 
+def _run_step(engine, step: _Step, kv: SkippedKV, out: Outputs, work: BatchWork, capture) -> None:
+    """One token per row through the layers: each layer on the running rows (pending entries
+    first, under recompute), then the engine's per-layer step; rows that stop hand their
+    hidden state to the cache filler and leave the step."""
+    for i, layer in enumerate(engine.parts.layers):
+        work.rows.append(step.n)
+        if capture is not None:
+            capture.last, capture.width = step.last, 1
+        if kv.mode == "recompute":
+            kv.fill_pending(i, step.running)
+        step.advance(layer, i, kv.view(i, step.running))
+        stop, _, now = engine.read_layer(step, out, work, i, capture)
+        if stop.any():
+            out.finish(step.alive[stop], i + 1, None)
+            picked = torch.from_numpy(np.flatnonzero(stop)).to(step.hidden.device)
+            kv.exited(step.running[torch.from_numpy(stop)], step.hidden[picked, 0])
+        if stop.all():
+            kv.rest(i + 1)  # every row stopped: the layers above still get this column
+            return
+        step.drop(stop, now, capture)
+
+
 @torch.no_grad()
 def _generate_batch(engine, ids, mask, texts: _Texts, kv_fill: str) -> list[BatchWork]:
     model, L = engine.model, engine.num_layers
@@ -168,23 +190,8 @@ def _generate_batch(engine, ids, mask, texts: _Texts, kv_fill: str) -> list[Batc
             step = _Step(inputs, mask.sum(1).cpu().numpy())
             out = Outputs(step.n, L, None)
             work = BatchWork(width=mask.shape[1], seq_len=step.seq_len.copy())
-            for i, layer in enumerate(engine.parts.layers):
-                work.rows.append(step.n)
-                if capture is not None:
-                    capture.last, capture.width = step.last, 1
-                if kv_fill == "recompute":
-                    kv.fill_pending(i, step.running)
-                step.advance(layer, i, kv.view(i, step.running))
-                stop, _, now = engine.read_layer(step, out, work, i, capture)
-                if stop.any():
-                    out.finish(step.alive[stop], i + 1, None)
-                    picked = torch.from_numpy(np.flatnonzero(stop)).to(step.hidden.device)
-                    kv.exited(step.running[torch.from_numpy(stop)], step.hidden[picked, 0])
-                if stop.all():
-                    kv.rest(i + 1)
-                    break
-                step.drop(stop, now, capture)
-            result = out.result(step.seq_len, work)
+            _run_step(engine, step, kv, out, work, capture)
+            result = out.result(work.seq_len, work)
             steps.append(work)
             probes = (~np.isnan(out.values["gap"])).sum(1)
             token = torch.from_numpy(result.prediction).to(mask.device)
