@@ -445,3 +445,28 @@ def test_every_other_model_type_generates_as_model_generate(model_type):
     got = generate(engine, ids, 6, batch_size=3, eos_token_id=())
     for i, prompt in enumerate(ids):
         assert got.tokens[i] == reference(loaded, prompt, 6, lambda j, x: j == 2)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_real_model_early_exit_equals_the_plain_reference(name, request):
+    """The embedded models under a fixed exit at 2/3 depth and (SmolLM2) a gap threshold
+    with exits at several depths: tokens and exit layers equal the plain reference's, under
+    both ways of filling the skipped layers' cache."""
+    loaded = request.getfixturevalue("smollm2_model") if name == "smollm2" else _gemma3()
+    L, max_new = loaded.num_layers, 6
+    ids = _ids(loaded, PROMPTS[:1])
+    k = 2 * L // 3
+    cases = [(FixedExit(k), lambda j, x: j == k)]
+    if name == "smollm2":
+        threshold = mid_gap(loaded, ids, max_new)
+        cases.append((GapThreshold(threshold=threshold), lambda j, x: gap_of(x) > threshold))
+    for policy, decide in cases:
+        tokens, layers = reference(loaded, ids[0], max_new, decide)
+        for kv_fill in ("propagate", "recompute"):
+            got = generate(EarlyExitEngine(loaded, policy), ids, max_new, kv_fill=kv_fill)
+            n = len(got.tokens[0])  # it may end early, at an end-of-sequence token
+            assert got.tokens[0] == tokens[:n] and got.work[0].exit_layer.tolist() == layers[:n]
+            assert n == max_new or got.finish[0] == "eos"
+        if policy.name == "gap":
+            assert len(set(layers[1:])) > 1
