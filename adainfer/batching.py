@@ -38,6 +38,18 @@ def pad_right(input_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
     return ids_out, mask
 
 
+def pad_left(input_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) left-padded to the longest prompt: generation's layout
+    (:mod:`adainfer.engine.generation`), where every row's next token goes in the same column."""
+    width = max(len(ids) for ids in input_ids)
+    ids_out = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), width), dtype=torch.long)
+    for row, ids in enumerate(input_ids):
+        ids_out[row, width - len(ids) :] = torch.tensor(ids)
+        mask[row, width - len(ids) :] = 1
+    return ids_out, mask
+
+
 def collate(pad_id: int) -> Callable[[list[tuple[int, list[int]]]], dict[str, torch.Tensor]]:
     """A DataLoader ``collate_fn`` for ``(index, token ids)`` items: :func:`pad_right` plus
     the indices."""

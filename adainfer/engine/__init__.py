@@ -10,8 +10,11 @@ See docs/ENGINE.md for the design and ``adainfer.costs`` for what a run costs.
 """
 
 from adainfer.engine.core import BatchWork, EarlyExitEngine, EngineResult
+from adainfer.engine.generation import generate
 from adainfer.engine.inputs import ENGINE_MODEL_TYPES, LayerInputs, layer_inputs
+from adainfer.engine.kv import KV_FILLS
 from adainfer.engine.online import FixedExit, check_online, check_policy, is_online
+from adainfer.engine.result import Generation, TokenWork
 
 __all__ = [
     "ENGINE_MODEL_TYPES",
@@ -19,9 +22,13 @@ __all__ = [
     "EarlyExitEngine",
     "EngineResult",
     "FixedExit",
+    "Generation",
+    "KV_FILLS",
+    "TokenWork",
     "LayerInputs",
     "check_online",
     "check_policy",
+    "generate",
     "is_online",
     "layer_inputs",
 ]

@@ -257,6 +257,44 @@ class EarlyExitEngine:
         states = half_state(rows.last_hidden()).cpu().numpy()[:, None]
         return one_layer_view({}, np.full(rows.n, -1), rows.seq_len, states)
 
+    def read_layer(
+        self, rows: _Rows, out: Outputs, work: BatchWork, i: int, capture: _Capture | None
+    ) -> tuple[np.ndarray, torch.Tensor | None, torch.Tensor | None]:
+        """After layer ``i`` (0-based) has run on ``rows``: probe and ask the policy where its
+        schedule says, record the features in ``out`` and the work in ``work``. Returns the
+        boolean stop mask over the running rows, the logits (of every running row when all
+        were probed, else rows that stop; None when none was probed) and the last token's
+        hidden state when it was read (for the next layer's cosines). The one per-layer step
+        of both :meth:`run_batch` and generation (:mod:`adainfer.engine.generation`)."""
+        L = self.num_layers
+        depth = i + 1
+        now = None
+        asked = bool(self.asked[i])  # the policy decides after this layer (below L)
+        if self.probe_every_layer and not (asked or depth == L):
+            now = rows.last_hidden()  # the cosines at the next read compare with it
+            stop = np.zeros(rows.n, dtype=bool)  # no probe, no decision here
+            logits = None
+            work.probed.append(0)
+            work.classified.append(0)
+        elif self.probe_every_layer:
+            now = rows.last_hidden()
+            logits = self._probe_all(rows, out, i, now, capture)
+            stop = self._decide(depth, rows.n, partial(out.view, rows, i))
+            work.probed.append(rows.n)
+            work.classified.append(rows.n if asked else 0)
+        else:  # the policy reads no probe features: probe only where rows stop
+            # A head on hidden states scores every row at each layer it is asked at.
+            scored = self.score_state and asked
+            if not (asked or depth == L):
+                stop = np.zeros(rows.n, dtype=bool)  # no decision off the schedule
+            else:
+                view = partial(self._state_view, rows) if scored else lambda: None
+                stop = self._decide(depth, rows.n, view)
+            logits = self._probe_stopping(rows, out, i, stop) if stop.any() else None
+            work.probed.append(int(stop.sum()))
+            work.classified.append(rows.n if scored else 0)
+        return stop, logits, now
+
     @torch.no_grad()
     def run_batch(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep_logits: bool = False
@@ -276,31 +314,7 @@ class EarlyExitEngine:
                 if capture is not None:
                     capture.last, capture.width = rows.last, rows.width
                 rows.advance(layer, i)
-                now = None
-                asked = bool(self.asked[i])  # the policy decides after this layer (below L)
-                if self.probe_every_layer and not (asked or depth == L):
-                    now = rows.last_hidden()  # the cosines at the next read compare with it
-                    stop = np.zeros(rows.n, dtype=bool)  # no probe, no decision here
-                    logits = None
-                    work.probed.append(0)
-                    work.classified.append(0)
-                elif self.probe_every_layer:
-                    now = rows.last_hidden()
-                    logits = self._probe_all(rows, out, i, now, capture)
-                    stop = self._decide(depth, rows.n, partial(out.view, rows, i))
-                    work.probed.append(rows.n)
-                    work.classified.append(rows.n if asked else 0)
-                else:  # the policy reads no probe features: probe only where rows stop
-                    # A head on hidden states scores every row at each layer it is asked at.
-                    scored = self.score_state and asked
-                    if not (asked or depth == L):
-                        stop = np.zeros(rows.n, dtype=bool)  # no decision off the schedule
-                    else:
-                        view = partial(self._state_view, rows) if scored else lambda: None
-                        stop = self._decide(depth, rows.n, view)
-                    logits = self._probe_stopping(rows, out, i, stop) if stop.any() else None
-                    work.probed.append(int(stop.sum()))
-                    work.classified.append(rows.n if scored else 0)
+                stop, logits, now = self.read_layer(rows, out, work, i, capture)
                 if stop.any():
                     kept = logits[torch.from_numpy(stop)] if vocab else None
                     out.finish(rows.alive[stop], depth, kept)

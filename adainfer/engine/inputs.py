@@ -150,3 +150,61 @@ def layer_inputs(
 # How the engine builds each family's layer inputs (the families of models.arch.FAMILIES).
 _BUILD = {"llama_like": _llama_like, "opt": _opt}
 ENGINE_MODEL_TYPES = tuple(sorted(t for t, family in FAMILIES.items() if family in _BUILD))
+
+
+# -- one decoding step (adainfer.engine.generation) -------------------------------------------
+def rope_at(model: torch.nn.Module, layer_type: str, positions: torch.Tensor):
+    """The rotary (cos, sin) of a layer of ``layer_type`` at ``positions`` [n, t]; None for
+    OPT (absolute positions, added to the embeddings)."""
+    if FAMILIES[model.config.model_type] == "opt":
+        return None
+    base = model.model
+    x = base.embed_tokens.weight[:1][None]  # dtype and device only
+    if model.config.model_type in _ROPE_PER_LAYER_TYPE:
+        return base.rotary_emb(x, positions, layer_type)
+    return base.rotary_emb(x, position_ids=positions)
+
+
+def layer_types(model: torch.nn.Module) -> list[str]:
+    """Each decoder layer's attention type, as the engine groups them."""
+    if FAMILIES[model.config.model_type] == "opt" or model.config.model_type == "llama":
+        return [FULL] * model.config.num_hidden_layers
+    return _layer_types(model.config)
+
+
+def decode_inputs(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positions: torch.Tensor,
+    cache: Any,
+) -> LayerInputs:
+    """Layer inputs for one new token per row, ``tokens`` [B, 1] at ``positions`` [B, 1],
+    attending to ``cache`` (filled up to the last column) and itself; ``attention_mask`` [B, T+1]
+    covers both (left padding). Masks are built before the step writes to the cache, with the
+    backbone's own helpers, as its forward builds them."""
+    config = model.config
+    types = layer_types(model)
+    if FAMILIES[config.model_type] == "opt":
+        decoder = model.model.decoder
+        embeds = decoder.embed_tokens(tokens)
+        pos = decoder.embed_positions(attention_mask, 0, position_ids=positions)
+        if decoder.project_in is not None:
+            embeds = decoder.project_in(embeds)
+        hidden = embeds + pos
+    else:
+        hidden = model.model.embed_tokens(tokens)
+    groups = {}
+    for kind in sorted(set(types)):
+        mask = _MASKS[kind](
+            config=config,
+            inputs_embeds=hidden,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=positions,
+        )
+        groups[kind] = {"attention_mask": mask, "position_ids": positions}
+        rope = rope_at(model, kind, positions)
+        if rope is not None:
+            groups[kind]["position_embeddings"] = rope
+    return LayerInputs(hidden, groups, types)

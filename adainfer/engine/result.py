@@ -77,3 +77,33 @@ class Outputs:
         return EngineResult(
             self.exit_layer, prediction, self.values, self.argmax, seq_len, [work], self.logits
         )
+
+
+@dataclass
+class TokenWork:
+    """What each generated token of one prompt cost, token by token (index t: the t-th new
+    token). Token 1 is read off the prompt's full-depth prefill (exit layer L, one head); token
+    t > 1 off the step that ran token t - 1 through the layers."""
+
+    exit_layer: np.ndarray  # [T] 1-based layer the token was read at = decoder layers run
+    probes: np.ndarray  # [T] probe calls (norm + LM head, a tuned lens's translator)
+    classified: np.ndarray  # [T] policy calls (scored layers)
+    kv_fills: np.ndarray  # [T] skipped layers' K/V entries computed in the token's step
+    context: np.ndarray  # [T] real tokens the step's queries attend to (prompt + new, itself incl.)
+
+
+@dataclass
+class Generation:
+    """Per prompt (in input order): the new tokens, their text, why they ended, their work."""
+
+    tokens: list[list[int]]  # new token ids, the stop / end-of-sequence token included
+    text: list[str]  # the new tokens' text, up to the first stop string (excluded)
+    finish: list[str]  # "eos", "stop" (a stop string) or "length" (max_new_tokens)
+    work: list[TokenWork]
+    prompt_len: np.ndarray  # [N] prefill tokens per prompt (run at full depth)
+    steps: list[BatchWork]  # every decoding step's layer-by-layer log, batch by batch
+    kv_fill: str = "propagate"
+
+    @property
+    def exit_layers(self) -> list[np.ndarray]:
+        return [w.exit_layer for w in self.work]
