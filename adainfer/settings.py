@@ -106,12 +106,13 @@ def schedule_ok(value: Any) -> bool:
     return value in ("all", "auto") or every_k(value) is not None
 
 
-def _one_device(v: Any) -> bool:
-    """One device, as a count or one id: the LLM pass does not gather several ranks' records
-    yet, and Lightning would switch to DDP and lose them."""
+def _devices(v: Any) -> bool:
+    """A number of devices >= 1, or a non-empty list of distinct device ids: several run the
+    LLM pass data parallel (:mod:`adainfer.gather`). Not ``auto`` or ``-1``: how many devices
+    a job gets must be in its config (its hash, its records' batches)."""
     if isinstance(v, list):
-        return len(v) == 1 and _int(0)(v[0])
-    return _int(1)(v) and v == 1
+        return bool(v) and all(_int(0)(i) for i in v) and len(set(v)) == len(v)
+    return _int(1)(v)
 
 
 COUNT = Rule(_int(1), "a whole number >= 1", "200", optional=True)
@@ -129,7 +130,7 @@ RUN: dict[str, Rule] = {
         _one_of(FEATURE_SETS), f"one of {sorted(FEATURE_SETS)}", "base", unknown="feature_set"
     ),
     "trainer.devices": Rule(
-        _one_device, "one device (1, or one id such as [0]): several are not supported yet", "1"
+        _devices, "a number of devices >= 1, or a list of distinct device ids such as [0, 1]", "2"
     ),
     "mlflow.experiment": Rule(lambda v: isinstance(v, str) and bool(v.strip()), "a name", "x"),
     "mlflow.stale_after_s": Rule(_number(0, open_low=True), "a number of seconds > 0", "600"),
