@@ -238,7 +238,23 @@ def check_settings(cfg: DictConfig) -> list[str]:
     mismatch = bound_loss_mismatch(risk.get("bound"), risk.get("loss"))
     if mismatch:
         problems.append(f"{mismatch[0]} ({mismatch[1]})")
-    return problems + _stage_problems(plain)
+    return problems + _stage_problems(plain) + _device_problems(plain)
+
+
+def _device_problems(plain: dict) -> list[str]:
+    """A model spread over the devices by its ``device_map`` is one model on all of them: it
+    cannot also be copied to each of ``trainer.devices`` (data parallel)."""
+    devices = (plain.get("trainer") or {}).get("devices")
+    device_map = (plain.get("model") or {}).get("device_map")
+    if not (device_map and _devices(devices)):
+        return []  # a bad trainer.devices is reported on its own
+    if (len(devices) if isinstance(devices, list) else devices) > 1:
+        return [
+            f"model.device_map={device_map} with trainer.devices={_short(devices)}: the model is "
+            "spread over the devices, not copied to each (e.g. trainer.devices=1, or "
+            "model.device_map=null for a model that fits on one device)"
+        ]
+    return []
 
 
 def _stage_problems(plain: dict) -> list[str]:

@@ -43,6 +43,7 @@ BAD = [
     ("trainer.devices=[0,0]", "trainer.devices=[0, 0] is not a number of devices >= 1"),
     ("trainer.devices=[]", "trainer.devices=[] is not a number of devices >= 1"),
     ("trainer.devices=auto", "trainer.devices='auto' is not a number of devices >= 1"),
+    ("model=llama2_70b trainer.devices=2", "model.device_map=auto with trainer.devices=2"),
     ("mlflow.experiment=''", "mlflow.experiment='' is not a name"),
     ("classifier.C=0", "classifier.C=0 is not a number > 0"),
     ("classifier=gap classifier.threshold=high", "classifier.threshold='high' is not a number"),
