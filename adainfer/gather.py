@@ -55,7 +55,11 @@ def predict_batches(
         return trainer.predict(module, dataloaders=loader)
     with tempfile.TemporaryDirectory(prefix="adainfer-ranks-") as tmp:
         trainer = probe_trainer(trainer_kwargs, callbacks=[RankOutputs(Path(tmp))])
-        trainer.predict(module, dataloaders=loader, return_predictions=False)
+        try:
+            trainer.predict(module, dataloaders=loader, return_predictions=False)
+        except BaseException:  # a signal (adainfer.interrupts), a worker's error
+            stop_workers(trainer)
+            raise
         files = [Path(tmp) / f"rank{rank}.pt" for rank in range(trainer.world_size)]
         missing = [f.name for f in files if not f.exists()]
         if missing:
@@ -64,6 +68,21 @@ def predict_batches(
                 "run it with trainer.devices=1 and report the log of this one",
             )
         return [batch for f in files for batch in torch.load(f, weights_only=True)]
+
+
+def stop_workers(trainer: L.Trainer, grace_s: float = 5.0) -> None:
+    """End the worker processes the Trainer's launcher spawned and that still run. They are
+    not daemons: left alone, they would finish their share of the pass, and Python would wait
+    for them before the interrupted job could exit. SIGTERM first, SIGKILL after ``grace_s``
+    (inside ``predict`` Lightning's own SIGTERM handler only logs the signal)."""
+    workers = [p for p in getattr(trainer.strategy.launcher, "procs", []) if p.is_alive()]
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        worker.join(grace_s)
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
 
 
 def first_of_each(index: np.ndarray, n: int) -> np.ndarray:
