@@ -6,13 +6,13 @@ the model was put on once (:class:`LLMPass`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from adainfer.errors import AdaInferError
 from adainfer.models.placement import dispatched, place
@@ -50,42 +50,72 @@ def pad_left(input_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
     return ids_out, mask
 
 
-def collate(pad_id: int) -> Callable[[list[tuple[int, list[int]]]], dict[str, torch.Tensor]]:
-    """A DataLoader ``collate_fn`` for ``(index, token ids)`` items: :func:`pad_right` plus
-    the indices."""
+class PaddedBatches(Dataset):
+    """The batches of one pass as a data set: item ``i`` is the ``i``-th batch of
+    :func:`length_order`, right-padded, with its prompts' indices (``index``).
 
-    def collate_items(items: list[tuple[int, list[int]]]) -> dict[str, torch.Tensor]:
-        input_ids, mask = pad_right([ids for _, ids in items], pad_id)
-        index = torch.tensor([i for i, _ in items])
-        return {"input_ids": input_ids, "attention_mask": mask, "index": index}
+    A batch is one item, so when Lightning shards a pass over several devices its
+    distributed sampler deals out whole batches: every prompt is padded with the same
+    neighbours, to the same width, on one device as on many, and its numbers do not change.
+    """
 
-    return collate_items
+    def __init__(self, input_ids: Sequence[Sequence[int]], batch_size: int, pad_id: int) -> None:
+        order = length_order(input_ids)
+        self.rows = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        self.input_ids = input_ids
+        self.pad_id = pad_id
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        rows = self.rows[i]
+        input_ids, mask = pad_right([self.input_ids[j] for j in rows], self.pad_id)
+        return {"input_ids": input_ids, "attention_mask": mask, "index": torch.tensor(rows)}
 
 
 def length_sorted_loader(loaded: Any, encoded: Any, batch_size: int) -> DataLoader:
     """Batches of ``encoded``'s prompts (an :class:`~adainfer.encoding.EncodedPrompts`) in
     :func:`length_order`, padded with ``loaded``'s pad token (a
-    :class:`~adainfer.models.loading.LoadedModel`); each carries its prompts' indices."""
-    order = length_order(encoded.input_ids)
-    return DataLoader(
-        [(int(i), encoded.input_ids[i]) for i in order],
-        batch_size=batch_size,
-        collate_fn=collate(loaded.tokenizer.pad_token_id),
-    )
+    :class:`~adainfer.models.loading.LoadedModel`); each carries its prompts' indices. The
+    batches are made by :class:`PaddedBatches` (``batch_size=None``: one item, one batch)."""
+    batches = PaddedBatches(encoded.input_ids, batch_size, loaded.tokenizer.pad_token_id)
+    return DataLoader(batches, batch_size=None)
 
 
-def probe_trainer(trainer_kwargs: dict[str, Any] | None = None) -> L.Trainer:
-    """A Trainer for inference passes (no logger, no checkpoints); ``trainer.*`` on top."""
-    return L.Trainer(
-        **{
-            "accelerator": "auto",
-            "devices": 1,
-            "logger": False,
-            "enable_checkpointing": False,
-            "enable_model_summary": False,
-            **(trainer_kwargs or {}),
-        }
-    )
+def device_count(devices: Any) -> int:
+    """How many devices ``trainer.devices`` names: a count, or a list of ids."""
+    return len(devices) if isinstance(devices, list | tuple) else int(devices)
+
+
+def one_device(trainer_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """``trainer_kwargs`` on one device (the first it names), for passes that keep their
+    results on the module (the tuned lens's sums) or time one device (the engine)."""
+    kwargs = dict(trainer_kwargs or {})
+    devices = kwargs.get("devices", 1)
+    kwargs["devices"] = list(devices)[:1] if isinstance(devices, list | tuple) else 1
+    kwargs.pop("strategy", None)
+    return kwargs
+
+
+def probe_trainer(trainer_kwargs: dict[str, Any] | None = None, **extra: Any) -> L.Trainer:
+    """A Trainer for inference passes (no logger, no checkpoints); ``trainer.*`` on top, then
+    ``extra`` (e.g. callbacks). More than one device: data parallel with ``ddp_spawn``
+    (unless a strategy is given), which starts its workers from inside a Hydra job, a
+    notebook or pytest alike; Lightning's default, ``ddp``, would start the whole script
+    (run.py, its MLflow run) again once per device."""
+    kwargs = {
+        "accelerator": "auto",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        **(trainer_kwargs or {}),
+        **extra,
+    }
+    if device_count(kwargs["devices"]) > 1:
+        kwargs.setdefault("strategy", "ddp_spawn")
+    return L.Trainer(**kwargs)
 
 
 def on_trainer_device(loaded: Any, trainer: L.Trainer) -> torch.device:

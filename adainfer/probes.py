@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from adainfer.batching import LLMPass, length_sorted_loader, probe_trainer
+from adainfer.batching import LLMPass, length_sorted_loader, one_device, probe_trainer
 from adainfer.capture import Hooks
 from adainfer.encoding import EncodedPrompts
 from adainfer.errors import AdaInferError
@@ -241,13 +241,16 @@ def fit_tuned_lens(
     """Closed-form ridge translators fitted on every position of ``encoded`` (the train prompts).
 
     ``loaded`` is a :class:`~adainfer.models.loading.LoadedModel`. One forward pass per batch,
-    run by a Lightning Trainer like the feature extraction.
+    run by a Lightning Trainer like the feature extraction, on the first of ``trainer.devices``.
     """
     if ridge < 0:
         raise AdaInferError(f"probe.ridge={ridge} is negative", "use a ridge of 0 or more")
     module = _MomentsModule(loaded)
     loader: DataLoader = length_sorted_loader(loaded, encoded, batch_size)
-    probe_trainer(trainer_kwargs).predict(module, dataloaders=loader, return_predictions=False)
+    # On one device even when trainer.devices asks for more: the sums stay on the module, which
+    # a data-parallel worker would not hand back (see adainfer.gather).
+    trainer = probe_trainer(one_device(trainer_kwargs))
+    trainer.predict(module, dataloaders=loader, return_predictions=False)
     n = module.count
     if n < 2:
         raise AdaInferError(

@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from adainfer.batching import LLMPass, length_sorted_loader, probe_trainer
+from adainfer.batching import LLMPass, length_sorted_loader
 from adainfer.encoding import EncodedPrompts
 from adainfer.features import RECORDED, LayerRecords, probe_layers
+from adainfer.gather import first_of_each, predict_batches
 from adainfer.models.loading import LoadedModel
 from adainfer.probes import LogitLens, Probe, check_probe
 
@@ -49,8 +50,10 @@ def extract_records(
     hidden_states: bool = False,
 ) -> LayerRecords:
     """Per-layer features of every prompt through ``probe`` (default: the logit lens), from one
-    forward pass per batch; results in the prompts' order. With ``hidden_states``, the records
-    also hold the last token's hidden state at every layer (``LayerRecords.hidden``)."""
+    forward pass per batch; results in the prompts' order. ``trainer.devices=N`` shares the
+    batches out to N data-parallel workers (:mod:`adainfer.gather`): every prompt is padded
+    in the same batch as on one device, so the records are the same. With ``hidden_states``,
+    the records also hold the last token's hidden state at every layer (``LayerRecords.hidden``)."""
     probes = [probe]
     return extract_records_multi(
         loaded, encoded, batch_size, trainer_kwargs, probes, hidden_states
@@ -72,14 +75,12 @@ def extract_records_multi(
         check_probe(probe, loaded.num_layers, loaded.hidden_size)
     loader = length_sorted_loader(loaded, encoded, batch_size)
     module = LayerProbeModule(loaded, probes[0], tuple(probes[1:]), hidden_states)
-    batches = probe_trainer(trainer_kwargs).predict(module, dataloaders=loader)
+    batches = predict_batches(module, loader, trainer_kwargs)
     index = torch.cat([b["index"] for b in batches]).numpy()
+    rows = first_of_each(index, len(encoded.input_ids))
 
     def in_order(key: str) -> np.ndarray:
-        stacked = torch.cat([b[key] for b in batches]).numpy()
-        ordered = np.empty_like(stacked)
-        ordered[index] = stacked
-        return ordered
+        return torch.cat([b[key] for b in batches]).numpy()[rows]
 
     values = {key: in_order(key) for key in RECORDED}
     hidden = in_order("hidden") if hidden_states else None

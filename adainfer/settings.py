@@ -106,12 +106,13 @@ def schedule_ok(value: Any) -> bool:
     return value in ("all", "auto") or every_k(value) is not None
 
 
-def _one_device(v: Any) -> bool:
-    """One device, as a count or one id: the LLM pass does not gather several ranks' records
-    yet, and Lightning would switch to DDP and lose them."""
+def _devices(v: Any) -> bool:
+    """A number of devices >= 1, or a non-empty list of distinct device ids: several run the
+    LLM pass data parallel (:mod:`adainfer.gather`). Not ``auto`` or ``-1``: how many devices
+    a job gets must be in its config (its hash, its records' batches)."""
     if isinstance(v, list):
-        return len(v) == 1 and _int(0)(v[0])
-    return _int(1)(v) and v == 1
+        return bool(v) and all(_int(0)(i) for i in v) and len(set(v)) == len(v)
+    return _int(1)(v)
 
 
 COUNT = Rule(_int(1), "a whole number >= 1", "200", optional=True)
@@ -129,7 +130,7 @@ RUN: dict[str, Rule] = {
         _one_of(FEATURE_SETS), f"one of {sorted(FEATURE_SETS)}", "base", unknown="feature_set"
     ),
     "trainer.devices": Rule(
-        _one_device, "one device (1, or one id such as [0]): several are not supported yet", "1"
+        _devices, "a number of devices >= 1, or a list of distinct device ids such as [0, 1]", "2"
     ),
     "mlflow.experiment": Rule(lambda v: isinstance(v, str) and bool(v.strip()), "a name", "x"),
     "mlflow.stale_after_s": Rule(_number(0, open_low=True), "a number of seconds > 0", "600"),
@@ -237,7 +238,23 @@ def check_settings(cfg: DictConfig) -> list[str]:
     mismatch = bound_loss_mismatch(risk.get("bound"), risk.get("loss"))
     if mismatch:
         problems.append(f"{mismatch[0]} ({mismatch[1]})")
-    return problems + _stage_problems(plain)
+    return problems + _stage_problems(plain) + _device_problems(plain)
+
+
+def _device_problems(plain: dict) -> list[str]:
+    """A model spread over the devices by its ``device_map`` is one model on all of them: it
+    cannot also be copied to each of ``trainer.devices`` (data parallel)."""
+    devices = (plain.get("trainer") or {}).get("devices")
+    device_map = (plain.get("model") or {}).get("device_map")
+    if not (device_map and _devices(devices)):
+        return []  # a bad trainer.devices is reported on its own
+    if (len(devices) if isinstance(devices, list) else devices) > 1:
+        return [
+            f"model.device_map={device_map} with trainer.devices={_short(devices)}: the model is "
+            "spread over the devices, not copied to each (e.g. trainer.devices=1, or "
+            "model.device_map=null for a model that fits on one device)"
+        ]
+    return []
 
 
 def _stage_problems(plain: dict) -> list[str]:

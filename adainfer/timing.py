@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adainfer.batching import on_trainer_device, probe_trainer
+from adainfer.batching import on_trainer_device, one_device, probe_trainer
 from adainfer.costs import run_costs
 from adainfer.engine import EarlyExitEngine, EngineResult, layer_inputs
 from adainfer.engine.online import decide, one_layer_view
@@ -254,12 +254,12 @@ def engine_metrics(
     with ``trace_exits``, the share of prompts whose online exit equals the trace evaluation's
     (1.0 unless float noise flips a decision at its threshold); with ``gold``, the accuracy.
     Both run where the model is; with ``trainer_kwargs`` (``trainer.*``), it is first put on
-    that Trainer's device (:func:`adainfer.batching.on_trainer_device`), as the feature
-    extraction puts it: a job whose records all came from the trace store times the device
-    it asked for too.
+    that Trainer's device (the first of ``trainer.devices``:
+    :func:`adainfer.batching.on_trainer_device`), as the feature extraction puts it: a job
+    whose records all came from the trace store times the device it asked for too.
     """
     if trainer_kwargs is not None:
-        on_trainer_device(loaded, probe_trainer(trainer_kwargs))
+        on_trainer_device(loaded, probe_trainer(one_device(trainer_kwargs)))
     engine = EarlyExitEngine(loaded, policy, probe)
     timing = time_against_full({"engine": engine}, input_ids, batch_size, repeats=1)["engine"]
     result = timing.result

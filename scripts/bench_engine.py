@@ -83,7 +83,7 @@ from common import compose_config, use_shared_data
 from hydra.utils import instantiate
 
 from adainfer import pipeline
-from adainfer.batching import on_trainer_device, probe_trainer
+from adainfer.batching import on_trainer_device, one_device, probe_trainer
 from adainfer.costs import run_costs
 from adainfer.decide import decide
 from adainfer.engine import EarlyExitEngine, FixedExit
@@ -275,7 +275,8 @@ def bench_job(run: str, args: argparse.Namespace) -> list[str]:
     for name in job.prompts:
         traces = pipeline.extract(job, name)
         outcome = decide(traces, copy.deepcopy(job.policy), job.limit, cfg.risk.resplits)
-        on_trainer_device(loaded, probe_trainer(job.extractor.trainer_kwargs))  # loads weights
+        one = one_device(job.extractor.trainer_kwargs)
+        on_trainer_device(loaded, probe_trainer(one))  # loads weights
         engine = EarlyExitEngine(loaded, outcome.policy, traces.probe)
         test = job.prompts[name].test
         n = len(test.input_ids) if args.n_timed is None else min(args.n_timed, len(test.input_ids))

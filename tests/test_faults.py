@@ -224,3 +224,35 @@ def test_unusable_store_fails_fast_before_the_model_loads(uri, expected, tmp_pat
     assert expected in proc.stderr
     assert proc.stderr.count("adainfer: error:") == 1 and "Traceback" not in proc.stderr
     assert elapsed < 30, f"took {elapsed:.0f} s"
+
+
+def test_an_unreachable_tracking_server_stops_a_worker_before_its_model_loads(tmp_path, data_dir):
+    """``mlflow.tracking_uri=`` a closed port: one message naming MLFLOW_TRACKING_URI, exit 2,
+    and no model loaded: with an empty model cache, the default (GGUF) model would be converted
+    into it first ("converting ...", a safetensors folder), which takes tens of seconds."""
+    cache = tmp_path / "cache"
+    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    began = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), f"mlflow.tracking_uri={url}"]
+        + [f"hydra.run.dir={tmp_path / 'outputs'}"],
+        cwd=tmp_path,
+        env={
+            **env,
+            "ADAINFER_CACHE_DIR": str(cache),
+            "HF_HUB_OFFLINE": "1",
+            "ADAINFER_DATA_DIR": str(data_dir),  # the default job's SST-2
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    elapsed = time.monotonic() - began
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"the MLflow tracking server at {url} did not answer" in proc.stderr
+    assert "MLFLOW_TRACKING_URI" in proc.stderr
+    assert proc.stderr.count("adainfer: error:") == 1 and "Traceback" not in proc.stderr
+    assert "converting" not in proc.stderr + proc.stdout
+    assert not list(cache.rglob("*.safetensors")), "the model was loaded"
+    assert elapsed < 60, f"took {elapsed:.0f} s"  # MLflow's own client retries for minutes

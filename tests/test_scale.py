@@ -11,12 +11,17 @@ import sys
 import time
 
 import mlflow
-from conftest import compose_cfg
+import numpy as np
+import pytest
+from conftest import QUIET, compose_cfg
 from test_faults import _statuses, runs, start_job
 
 from adainfer import pipeline
+from adainfer.extract import prepare
 from adainfer.files import exclusive
 from adainfer.resume import config_hash
+from adainfer.runner import extract_records
+from adainfer.tasks import RuleTask
 
 # One LLM pass of several seconds on 2 CPU cores (8 layers of 384 over 400 5-shot prompts), so
 # the second job reaches the trace while the first is still computing it.
@@ -184,3 +189,31 @@ def test_a_submitit_local_sweep_logs_what_the_basic_launcher_logs(tmp_path):
     assert submitit["tags.adainfer.pid"].nunique() == 2
     assert basic["tags.adainfer.pid"].nunique() == 1
     assert _by_hash(basic) == _by_hash(submitit)
+
+
+# --- data parallel ---------------------------------------------------------------------------
+
+
+def _same_records(a, b) -> None:
+    assert a.values.keys() == b.values.keys()
+    for key in a.values:
+        assert np.array_equal(a.values[key], b.values[key]), key
+    for field in ("argmax", "gold", "seq_len", "hidden"):
+        assert np.array_equal(getattr(a, field), getattr(b, field)), field
+
+
+@pytest.mark.slow
+def test_two_data_parallel_workers_give_the_records_of_one(tiny_llama, capfd):
+    """trainer.devices=2 on the CPU: Lightning spawns two DDP workers, each runs half of the
+    batches, and the records come back in the prompts' order, equal to one device's to the bit
+    (the same batches: each worker gets whole batches, padded as on one device)."""
+    task = RuleTask(n_train=42, n_test=4)  # 6 batches of 8 (the last one short)
+    train, _ = prepare(task, task.load(), tiny_llama, shots=3, seed=0)
+    cpu = QUIET | {"accelerator": "cpu"}
+    one = extract_records(tiny_llama, train, 8, cpu | {"devices": 1}, hidden_states=True)
+    capfd.readouterr()
+    two = extract_records(tiny_llama, train, 8, cpu | {"devices": 2}, hidden_states=True)
+    spawned = capfd.readouterr()
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in spawned.out + spawned.err  # a second worker ran
+    assert one.num_instances == two.num_instances == 42
+    _same_records(one, two)

@@ -66,6 +66,16 @@ class LoadedModel:
             self._model = self._weights().eval()
         return self._model
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for the workers of a data-parallel pass (``trainer.devices`` > 1, Lightning's
+        ``ddp_spawn``): with its weights, loaded first (torch shares CPU tensors with the
+        workers through shared memory), and without the function that loads them (a closure,
+        which cannot be pickled and is not needed once they are loaded)."""
+        state = self.__dict__.copy()
+        state["_model"] = self.model
+        state["_weights"] = None
+        return state
+
     @property
     def weights_loaded(self) -> bool:
         return self._model is not None
