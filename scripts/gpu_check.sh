@@ -123,7 +123,7 @@ for model in smollm2_135m gemma3_270m; do
   [[ "$model" == gemma3_270m ]] && probe=tuned
   log="$WORK/run_$model.log"
   # From $WORK: the runs' artifacts (./mlruns beside a sqlite store) land there, not here.
-  if (cd "$WORK" && timeout "$STEP_S" "$PY" "$REPO/run.py" "model=$model" "probe=$probe" \
+  if (cd "$WORK" && timeout "$STEP_S" "$PY" "$REPO/run.py" preset=paper "model=$model" "probe=$probe" \
     model.dtype=bfloat16 task=synthetic_next_item task.n_train=16 task.n_test=16 shots=3 \
     "trainer.accelerator=$ACCEL" engine=true traces.enabled=false \
     "mlflow.tracking_uri=$URI" mlflow.experiment=gpu_check "hydra.run.dir=$WORK/hydra/$model" \
