@@ -149,8 +149,13 @@ class LLMPass(L.LightningModule):
     def __init__(self, loaded: Any) -> None:
         super().__init__()
         self.loaded = loaded
-        self.parts = loaded.parts
         self.input_device = torch.device("cpu")
+
+    @property
+    def parts(self) -> Any:
+        """The LLM's decoder parts, asked of ``loaded`` each time: not held, so that pickling
+        this module for data-parallel workers pickles the model only as ``loaded`` does."""
+        return self.loaded.parts
 
     def on_predict_start(self) -> None:
         self.input_device = on_trainer_device(self.loaded, self.trainer)

@@ -76,8 +76,10 @@ PAPER = "preset=paper"
 
 
 def paper(overrides: list[str]) -> list[str]:
-    """``overrides`` on ``preset=paper``, unless they pick a preset themselves."""
-    return overrides if any(o.startswith("preset=") for o in overrides) else [PAPER, *overrides]
+    """``overrides`` on ``preset=paper``, unless they pick a preset themselves. It goes last:
+    run.py's arguments may start with flags (``-m``), after which argparse takes no more
+    overrides before them."""
+    return overrides if any(o.startswith("preset=") for o in overrides) else [*overrides, PAPER]
 
 
 def compose_cfg(overrides: list[str]):

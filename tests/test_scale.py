@@ -13,6 +13,7 @@ import time
 import mlflow
 import numpy as np
 import pytest
+import torch
 from conftest import QUIET, compose_cfg
 from test_faults import _statuses, runs, start_job
 
@@ -206,9 +207,13 @@ def _same_records(a, b) -> None:
 def test_two_data_parallel_workers_give_the_records_of_one(tiny_llama, capfd):
     """trainer.devices=2 on the CPU: Lightning spawns two DDP workers, each runs half of the
     batches, and the records come back in the prompts' order, equal to one device's to the bit
-    (the same batches: each worker gets whole batches, padded as on one device)."""
+    (the same batches: each worker gets whole batches, padded as on one device). The model has
+    run with transformers' output capturing first, as in a job that fitted a tuned lens or
+    generated: the hooks that leaves on it must not stop it from reaching the workers."""
     task = RuleTask(n_train=42, n_test=4)  # 6 batches of 8 (the last one short)
     train, _ = prepare(task, task.load(), tiny_llama, shots=3, seed=0)
+    with torch.no_grad():
+        tiny_llama.model(torch.tensor([train.input_ids[0]]), output_hidden_states=True)
     cpu = QUIET | {"accelerator": "cpu"}
     one = extract_records(tiny_llama, train, 8, cpu | {"devices": 1}, hidden_states=True)
     capfd.readouterr()

@@ -34,6 +34,27 @@ def _dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
+class Rebuild:
+    """A picklable recipe for a loaded transformers model: its class, config and state dict.
+    Calling it builds the model again (in eval mode) with those very tensors."""
+
+    def __init__(self, cls: type, config: Any, state: dict[str, Any]) -> None:
+        self.cls, self.config, self.state = cls, config, state
+
+    @classmethod
+    def of(cls, model: Any) -> Rebuild:
+        return cls(type(model), model.config, model.state_dict())
+
+    def __call__(self) -> Any:
+        model = self.cls(self.config)
+        # assign: the loaded tensors themselves (their dtype, shared memory), not copies into
+        # the fresh float32 parameters; buffers that a state dict leaves out (rotary
+        # frequencies) are the ones the constructor computes from the same config.
+        model.load_state_dict(self.state, strict=True, assign=True)
+        model.tie_weights()
+        return model.eval()
+
+
 class LoadedModel:
     """A causal LM ready for layer probing: tokenizer and config at once, weights on first use.
 
@@ -69,11 +90,14 @@ class LoadedModel:
     def __getstate__(self) -> dict[str, Any]:
         """Pickled for the workers of a data-parallel pass (``trainer.devices`` > 1, Lightning's
         ``ddp_spawn``): with its weights, loaded first (torch shares CPU tensors with the
-        workers through shared memory), and without the function that loads them (a closure,
-        which cannot be pickled and is not needed once they are loaded)."""
+        workers through shared memory), as a :class:`Rebuild` of the model from its class,
+        config and state dict. Not the module itself: once it has run with transformers'
+        output capturing (``output_hidden_states``, ``generate``) it holds forward hooks that
+        are local functions, which cannot be pickled; nor the function that loads the weights
+        (a closure too, and not needed once they are loaded)."""
         state = self.__dict__.copy()
-        state["_model"] = self.model
-        state["_weights"] = None
+        state["_model"] = None
+        state["_weights"] = Rebuild.of(self.model)
         return state
 
     @property
