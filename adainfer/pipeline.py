@@ -339,7 +339,7 @@ def _generation(job: Job, traces: TraceSet, outcome: Outcome) -> dict[str, float
         trainer_kwargs=job.extractor.trainer_kwargs,
     )
     tracking.log_jsonl(sample, "generations.jsonl")
-    tracking.set_tags({"gen_kv_fill": job.cfg.kv_fill, "gen_stop": "\\n"})
+    tracking.set_tags({"gen_kv_fill": job.cfg.kv_fill})
     return metrics
 
 
