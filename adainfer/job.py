@@ -74,7 +74,13 @@ def check_generation(policy: ExitPolicy, members: dict[str, Task]) -> None:
     online (the engine generates) or a task whose answers are a closed label set."""
     asking = [task for task in members.values() if generating(task)]
     if asking:
-        check_online(policy)
+        try:
+            check_online(policy)
+        except AdaInferError as err:
+            raise AdaInferError(
+                f"task.generate=true generates with the early-exit engine, and {err.problem}",
+                f"{err.fix}; or set task.generate=false",
+            ) from None
     for task in asking:
         labels = getattr(task, "labels", None)
         if labels:
