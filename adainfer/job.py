@@ -64,6 +64,34 @@ def use_probe_first_layer(policy: ExitPolicy, first_layer: int | str) -> None:
     policy.first_layer = first_layer
 
 
+def generating(task: Any) -> bool:
+    """Whether ``task`` asks for its test answers to be generated (``task.generate``)."""
+    return bool(getattr(task, "generate", False))
+
+
+def check_generation(policy: ExitPolicy, members: dict[str, Task]) -> None:
+    """``task.generate=true``: refuse, before any model loads, a policy that cannot decide
+    online (the engine generates) or a task whose answers are a closed label set."""
+    asking = [task for task in members.values() if generating(task)]
+    if asking:
+        try:
+            check_online(policy)
+        except AdaInferError as err:
+            raise AdaInferError(
+                f"task.generate=true generates with the early-exit engine, and {err.problem}",
+                f"{err.fix}; or set task.generate=false",
+            ) from None
+    for task in asking:
+        labels = getattr(task, "labels", None)
+        if labels:
+            raise AdaInferError(
+                f"task.generate=true on task {task.name!r}, whose answers are the labels "
+                f"{list(labels)[:5]}: its first answer token already decides them",
+                "generate the answers of free-text tasks (task=squad, task=function_vectors), "
+                "or set task.generate=false",
+            )
+
+
 def load_inputs(cfg: DictConfig) -> JobInputs:
     """Check ``cfg``'s settings, build its policy and tasks and load their data; raise on any
     mistake."""
@@ -83,6 +111,7 @@ def load_inputs(cfg: DictConfig) -> JobInputs:
     task = build(cfg.task, "task")
     fit_tasks = {k: build(node, "fit.tasks") for k, node in (cfg.fit.tasks or {}).items()}
     members = task.tasks if isinstance(task, Suite) else {task.name: task}
+    check_generation(policy, members)
     splits = {name: member.load() for name, member in members.items()}
     if cfg.risk.epsilon is not None:
         for name, split in splits.items():

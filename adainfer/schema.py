@@ -80,6 +80,7 @@ class RunSchema:
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
     mlflow: MLflowSchema = field(default_factory=MLflowSchema)
     engine: Any = MISSING
+    kv_fill: Any = MISSING  # task.generate=true: how skipped layers get a token's K/V
     feature_set: Any = MISSING
     traces: TracesSchema = field(default_factory=TracesSchema)
     risk: RiskSchema = field(default_factory=RiskSchema)
@@ -170,6 +171,8 @@ class DataTaskSchema(_Task):
     calibration_from: Any = "train"  # or test: carve the calibration split out of the test split
     n_train: Any = 200  # null = all
     n_test: Any = 200
+    generate: Any = False  # true: also generate the test answers, scored as text (squad, FV)
+    max_new_tokens: Any = 16  # the longest generated answer, in tokens
 
 
 @dataclass

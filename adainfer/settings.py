@@ -39,6 +39,8 @@ STAGES = ("all", "extract", "decide")  # adainfer.pipeline
 CALIBRATION_SOURCES = ("train", "test")  # adainfer.tasks.data: task.calibration_from
 RISK_BOUNDS = ("binomial", "hb", "wsr")
 RISK_LOSSES = ("flip", "drop")
+# How generation fills the cache of the layers a token skipped (adainfer.engine.kv).
+KV_FILLS = ("propagate", "recompute")
 
 
 def bound_loss_mismatch(bound: Any, loss: Any) -> tuple[str, str] | None:
@@ -126,6 +128,7 @@ RUN: dict[str, Rule] = {
     "batch_size": Rule(_int(1), "a whole number >= 1", "8"),
     "context_length": Rule(_int(1), "a whole number of tokens >= 1 (or null)", "512", True),
     "engine": Rule(_flag, "true or false", "true"),
+    "kv_fill": Rule(_one_of(KV_FILLS), f"one of {list(KV_FILLS)}", "recompute", unknown="kv_fill"),
     "feature_set": Rule(
         _one_of(FEATURE_SETS), f"one of {sorted(FEATURE_SETS)}", "base", unknown="feature_set"
     ),
@@ -156,6 +159,8 @@ TASK: dict[str, Rule] = {
         _one_of(CALIBRATION_SOURCES), f"one of {list(CALIBRATION_SOURCES)}", "test"
     ),
     "train_fraction": Rule(_number(0, 1, open_low=True), "a number in (0, 1)", "0.5"),
+    "generate": Rule(_flag, "true or false", "true"),
+    "max_new_tokens": Rule(_int(1), "a whole number of tokens >= 1", "16"),
 }
 
 # Keys a classifier node may hold (conf/classifier/*.yaml).
@@ -275,7 +280,21 @@ def _stage_problems(plain: dict) -> list[str]:
             "stage=extract with engine=true: the engine runs a fitted policy, and stage=extract "
             "fits none (e.g. engine=false, or stage=all)"
         )
+    if stage in ("extract", "decide") and generates(plain.get("task")):
+        problems.append(
+            f"stage={stage} with task.generate=true: generation runs the model with a fitted "
+            "policy, which needs both (e.g. task.generate=false, or stage=all)"
+        )
     return problems
+
+
+def generates(task: Any) -> bool:
+    """Whether a task node, or a member of a suite node, asks for ``generate: true``."""
+    if not isinstance(task, dict):
+        return False
+    members = task.get("tasks")
+    nodes = list(members.values()) if isinstance(members, dict) else []
+    return task.get("generate") is True or any(generates(node) for node in nodes)
 
 
 def require_valid(cfg: DictConfig) -> None:

@@ -22,6 +22,7 @@ Nothing is left RUNNING:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -297,6 +298,11 @@ def set_tags(tags: dict[str, str]) -> None:
 
 def log_folder(folder: Path, artifact_path: str) -> None:
     mlflow.log_artifacts(str(folder), artifact_path)
+
+
+def log_jsonl(rows: list[dict], artifact_file: str) -> None:
+    """Rows as a JSON Lines artifact (one object a line)."""
+    mlflow.log_text("".join(json.dumps(row) + "\n" for row in rows), artifact_file)
 
 
 def log_layer_curve(key: str, values) -> None:

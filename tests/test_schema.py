@@ -30,7 +30,9 @@ OPTIONS = [
 # config names its stage (all = extract, decide and log, as before) and resume (false: every job
 # runs, as before); risk control names its
 # bound and loss (binomial on the flip loss, as before); data tasks name where calibration comes
-# from (train, as before; SST-2: its test split). classifier=state is new since the
+# from (train, as before; SST-2: its test split), and that they generate nothing (generate:
+# false, max_new_tokens: 16 for when they do), and the job config names the generation's
+# kv_fill (propagate; read only when a task generates). classifier=state is new since the
 # snapshot: its entry was taken when it was added, in the snapshot's shape.
 THRESHOLD_SHOWN = ("adainfer.policies.SVMPolicy", "adainfer.policies.CRFPolicy")
 FAMILY = {"llama2_7b": "llama", "llama2_13b": "llama", "llama2_70b": "llama", "opt_13b": "opt"}
@@ -55,6 +57,7 @@ def test_each_option_composes_as_before_the_schemas(override):
     expected["stage"] = "all"
     expected["resume"] = False
     expected["risk"] |= {"bound": "binomial", "loss": "flip"}
+    expected["kv_fill"] = "propagate"
     if expected["model"]["name"] in FAMILY:
         expected["model"]["model_type"] = FAMILY[expected["model"]["name"]]
     _calibration_from(expected["task"])
@@ -66,6 +69,7 @@ def _calibration_from(task: dict) -> None:
     before, except SST-2's, from its test split (its train split is phrases)."""
     if "split_seed" in task and "rule" not in task:
         task["calibration_from"] = "test" if task.get("name") == "sst2" else "train"
+        task |= {"generate": False, "max_new_tokens": 16}
     for member in task.get("tasks", {}).values() if isinstance(task.get("tasks"), dict) else ():
         _calibration_from(member)
 

@@ -34,8 +34,8 @@ import torch
 from transformers import DynamicCache
 
 from adainfer.errors import AdaInferError
+from adainfer.settings import KV_FILLS
 
-KV_FILLS = ("propagate", "recompute")
 Rope = tuple[torch.Tensor, torch.Tensor] | None
 
 

@@ -14,10 +14,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Example:
-    """One instance: the query text ``input`` and its gold answer ``output``."""
+    """One instance: the query text ``input`` and its gold answer ``output`` (whose first token
+    is scored); ``answers``: every accepted answer, where there are several (SQuAD's annotators),
+    for scoring generated text."""
 
     input: str
     output: str
+    answers: tuple[str, ...] = ()
+
+    @property
+    def golds(self) -> tuple[str, ...]:
+        """The answers a generated text is compared with: ``answers``, else ``output``."""
+        return self.answers or (self.output,)
 
 
 @dataclass

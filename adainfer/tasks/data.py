@@ -10,6 +10,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from adainfer.errors import AdaInferError
 from adainfer.settings import CALIBRATION_SOURCES
@@ -167,3 +168,10 @@ class DataTask:
     # sentences), since risk control's guarantee holds for data drawn like the calibration.
     calibration_from: str = "train"
     template: PromptTemplate = field(default_factory=PromptTemplate)
+    # Also generate the test answers and score them as text (adainfer.generate_job): tasks
+    # whose answers are free text (SQuAD, Function Vectors); at most max_new_tokens each.
+    generate: bool = False
+    max_new_tokens: int = 16
+    # How a generated answer is scored: "exact" (as written, less outer whitespace) or "squad"
+    # (SQuAD's normalized exact match and token F1): adainfer.answer_match.
+    text_scores: ClassVar[str] = "exact"

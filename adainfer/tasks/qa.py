@@ -18,6 +18,7 @@ so a cap samples across MMLU subjects and SQuAD articles (see :func:`sampled_spl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from adainfer.errors import AdaInferError
 from adainfer.tasks.base import Example, Splits, shuffled_split
@@ -178,7 +179,8 @@ def csqa_example(row: dict) -> Example:
 
 
 def squad_example(row: dict) -> Example:
-    """One SQuAD row: input = context + newline + question, answer = the first answer text."""
+    """One SQuAD row: input = context + newline + question, answer = the first answer text
+    (every annotator answer is kept in ``answers``, for generated answers' exact match and F1)."""
     texts = row["answers"].get("text") if isinstance(row["answers"], dict) else None
     if not texts:
         raise AdaInferError(
@@ -187,7 +189,7 @@ def squad_example(row: dict) -> Example:
             "fix that row of the data (answers must be {'text': [str, ...], ...})",
         )
     question = f"{str(row['context']).strip()}\n{str(row['question']).strip()}"
-    return Example(question, str(texts[0]).strip())
+    return Example(question, str(texts[0]).strip(), tuple(str(t).strip() for t in texts))
 
 
 @dataclass
@@ -288,6 +290,7 @@ class SquadTask(DataTask):
 
     name: str = "squad"
     train_fraction: float = 0.5
+    text_scores: ClassVar[str] = "squad"  # generated answers: normalized exact match and F1
 
     @property
     def labels(self) -> None:

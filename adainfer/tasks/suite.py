@@ -31,6 +31,8 @@ def function_vectors_suite(
     n_calibration: int = 0,
     calibration_from: str = "train",
     template: PromptTemplate | None = None,
+    generate: bool = False,
+    max_new_tokens: int = 16,
 ) -> Suite:
     """A suite of Function Vectors tasks chosen by name (the rule-understanding group)."""
     members = {
@@ -43,6 +45,8 @@ def function_vectors_suite(
             n_calibration=n_calibration,
             calibration_from=calibration_from,
             template=template or PromptTemplate(),
+            generate=generate,
+            max_new_tokens=max_new_tokens,
         )
         for task in tasks
     }

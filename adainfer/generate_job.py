@@ -1,0 +1,123 @@
+"""A job's generation stage (``task.generate=true``): the test answers generated in full, scored
+as text.
+
+The policy is fitted and scored as in every job, on the single-token records (each answer's
+first token). This stage then generates every test prompt's answer greedily with the engine
+(:func:`adainfer.engine.generate`, stop string ``"\\n"``: the template's next line) twice: with
+``never`` (the full model) and with the fitted policy deciding, token by token, where each new
+token is read. Both are scored against the gold answers: SQuAD's exact match and token F1 over
+all annotator answers, Function Vectors' exact match as written (:mod:`adainfer.answer_match`).
+
+Metrics (``gen_*``): ``gen_em_full`` / ``gen_em``, ``gen_f1_full`` / ``gen_f1`` (SQuAD),
+``gen_equal_full`` (share of answers identical to the full model's), ``gen_exit_layer_mean``
+(per generated token after the first, which the full-depth prefill gives),
+``gen_tokens_per_s_full`` / ``gen_tokens_per_s``; and a sample of the answers
+(:data:`SAMPLE` prompts) for the ``generations.jsonl`` artifact.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from adainfer.answer_match import exact_match, exact_match_strict, f1
+from adainfer.batching import on_trainer_device, one_device, probe_trainer
+from adainfer.engine import EarlyExitEngine, Generation, generate
+from adainfer.errors import AdaInferError
+from adainfer.policies import ExitPolicy
+from adainfer.policies.base import NeverExit
+from adainfer.probes import Probe
+from adainfer.tasks.base import Example
+from adainfer.timing import synchronize
+
+STOP = ("\n",)  # an answer ends where the template's next line starts
+SAMPLE = 20  # prompts whose answers go into generations.jsonl
+
+
+def check_lengths(task: str, input_ids: list[list[int]], max_new: int, context: int) -> None:
+    """Refuse test prompts too long to take ``max_new`` more tokens within the model's context
+    (``generate`` checks it too, but only after the policy is fitted and the run opened)."""
+    longest = max(len(ids) for ids in input_ids)
+    if longest + max_new > context:
+        raise AdaInferError(
+            f"task {task!r}: a test prompt is {longest} tokens, and with task.max_new_tokens="
+            f"{max_new} it needs {longest + max_new} positions, more than the model's context "
+            f"of {context}",
+            f"lower task.max_new_tokens (at most {max(context - longest, 0)}), or shorten the "
+            "prompts (fewer shots, or context_length)",
+        )
+
+
+def _timed(
+    engine: EarlyExitEngine, ids: list[list[int]], max_new: int, kv_fill: str, batch_size: int
+) -> tuple[Generation, float]:
+    """``generate`` and its wall seconds, after a two-token warm-up on the first prompt (so
+    neither run pays for the other's first calls)."""
+    generate(engine, ids[:1], min(2, max_new), stop=STOP, kv_fill=kv_fill, batch_size=1)
+    synchronize(engine.device)
+    start = time.perf_counter()
+    out = generate(engine, ids, max_new, stop=STOP, kv_fill=kv_fill, batch_size=batch_size)
+    synchronize(engine.device)
+    return out, time.perf_counter() - start
+
+
+def _scores(texts: Sequence[str], examples: Sequence[Example], squad: bool) -> dict[str, float]:
+    pairs = list(zip(texts, examples, strict=True))
+    if not squad:
+        return {"em": float(np.mean([exact_match_strict(t, e.golds) for t, e in pairs]))}
+    return {
+        "em": float(np.mean([exact_match(t, e.golds) for t, e in pairs])),
+        "f1": float(np.mean([f1(t, e.golds) for t, e in pairs])),
+    }
+
+
+def generation_metrics(
+    loaded: Any,
+    policy: ExitPolicy,
+    probe: Probe | None,
+    input_ids: list[list[int]],
+    examples: Sequence[Example],
+    max_new_tokens: int,
+    kv_fill: str,
+    batch_size: int,
+    squad: bool,
+    trainer_kwargs: dict[str, Any] | None = None,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Generate the answers of ``input_ids`` with the full model and with the fitted ``policy``;
+    return the ``gen_*`` metrics and the first :data:`SAMPLE` prompts' answers.
+
+    ``examples``: the prompts' instances, in the same order (their gold answers); ``squad``:
+    score with SQuAD's exact match and F1, else Function Vectors' exact match.
+    """
+    if len(examples) != len(input_ids):
+        raise ValueError(f"{len(examples)} examples for {len(input_ids)} prompts")
+    if trainer_kwargs is not None:  # placed like an LLM pass (see timing.engine_metrics)
+        on_trainer_device(loaded, probe_trainer(one_device(trainer_kwargs)))
+    args = (input_ids, max_new_tokens, kv_fill, batch_size)
+    full, full_s = _timed(EarlyExitEngine(loaded, NeverExit(), probe), *args)
+    early, early_s = _timed(EarlyExitEngine(loaded, policy, probe), *args)
+    metrics = {f"gen_{k}_full": v for k, v in _scores(full.text, examples, squad).items()}
+    metrics |= {f"gen_{k}": v for k, v in _scores(early.text, examples, squad).items()}
+    same = [a == b for a, b in zip(early.text, full.text, strict=True)]
+    metrics["gen_equal_full"] = float(np.mean(same))
+    later = np.concatenate([w.exit_layer[1:] for w in early.work])
+    if later.size:  # every answer one token long: no token was read early
+        metrics["gen_exit_layer_mean"] = float(later.mean())
+    metrics["gen_tokens_per_s_full"] = sum(map(len, full.tokens)) / full_s
+    metrics["gen_tokens_per_s"] = sum(map(len, early.tokens)) / early_s
+    sample = [
+        {
+            "prompt_tail": loaded.tokenizer.decode(input_ids[i][-48:]),
+            "gold": list(examples[i].golds),
+            "full": full.text[i],
+            "early_exit": early.text[i],
+            "exit_layers": early.work[i].exit_layer.tolist(),
+            "finish_full": full.finish[i],
+            "finish": early.finish[i],
+        }
+        for i in range(min(SAMPLE, len(input_ids)))
+    ]
+    return metrics, sample
