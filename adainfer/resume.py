@@ -30,9 +30,40 @@ CONFIG_HASH = "adainfer.config_hash"
 NOT_HASHED = ("mlflow", "traces", "stage", "resume", "hydra")
 
 
+# Generation's settings (task.generate=true) change nothing while a task does not generate; a
+# job that does not is hashed without them, as it was before they existed, so grids logged then
+# still resume.
+GENERATION_TASK_KEYS = ("generate", "max_new_tokens")
+
+
 def config_hash(cfg: DictConfig) -> str:
-    """Hash of ``cfg`` resolved, less :data:`NOT_HASHED`: equal for jobs with equal results."""
+    """Hash of ``cfg`` resolved, less :data:`NOT_HASHED` and the generation settings of a job
+    that does not generate: equal for jobs with equal results."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     kept = {key: value for key, value in plain.items() if key not in NOT_HASHED}
+    if not _generates(kept.get("task")):
+        kept.pop("kv_fill", None)
+    _drop_idle_generation_keys(kept.get("task"))
     payload = json.dumps(kept, sort_keys=True, default=str).encode()
     return hashlib.sha256(payload).hexdigest()[:20]
+
+
+def _generates(task) -> bool:
+    """Whether the task node, or any member of a suite, generates its answers."""
+    if not isinstance(task, dict):
+        return False
+    members = task.get("tasks")
+    nested = members.values() if isinstance(members, dict) else ()
+    return bool(task.get("generate")) or any(_generates(m) for m in nested)
+
+
+def _drop_idle_generation_keys(task) -> None:
+    """Remove :data:`GENERATION_TASK_KEYS` from every task node that does not generate."""
+    if not isinstance(task, dict):
+        return
+    if not task.get("generate"):
+        for key in GENERATION_TASK_KEYS:
+            task.pop(key, None)
+    members = task.get("tasks")
+    for member in members.values() if isinstance(members, dict) else ():
+        _drop_idle_generation_keys(member)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import QUIET, compose_cfg
+from omegaconf import OmegaConf
 from test_faults import _statuses, runs, start_job
 
 from adainfer import pipeline
@@ -154,6 +155,24 @@ def test_config_hash_ignores_where_things_are_kept_only():
         assert config_hash(compose_cfg([*QUICK_JOB, override])) == base, override
     for override in ["shots=3", "seed=1", "batch_size=4", "model=tiny_opt", "task.n_test=9"]:
         assert config_hash(compose_cfg([*QUICK_JOB, override])) != base, override
+
+
+def test_generation_settings_count_only_for_a_job_that_generates():
+    """Jobs that do not generate hash as before generation existed (their grids still resume):
+    the hash of their config less task.generate, task.max_new_tokens and kv_fill."""
+    for job in (["task=sst2"], ["task=rules"], ["task=squad"]):  # rules: a list of names
+        cfg = compose_cfg([*QUICK_JOB, *job])
+        before = OmegaConf.to_container(cfg)
+        before.pop("kv_fill")
+        before["task"].pop("generate"), before["task"].pop("max_new_tokens")
+        assert config_hash(cfg) == config_hash(OmegaConf.create(before)), job
+        for override in ["kv_fill=recompute", "task.max_new_tokens=3"]:
+            assert config_hash(compose_cfg([*QUICK_JOB, *job, override])) == config_hash(cfg)
+    squad = [*QUICK_JOB, "task=squad", "task.generate=true"]
+    generating = config_hash(compose_cfg(squad))
+    assert generating != config_hash(compose_cfg([*QUICK_JOB, "task=squad"]))
+    for override in ["kv_fill=recompute", "task.max_new_tokens=3"]:
+        assert config_hash(compose_cfg([*squad, override])) != generating, override
 
 
 def test_resume_returns_the_finished_runs_metrics_and_opens_no_run(tracking_uri, tmp_path):
