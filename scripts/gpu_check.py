@@ -157,7 +157,7 @@ def _capture_warnings(logger: str) -> list[str]:
     return messages
 
 
-def mlflow_run(tracking_uri: str, experiment: str, model: str) -> None:
+def mlflow_run(tracking_uri: str, experiment: str, model: str, device: str = "cuda") -> None:
     import mlflow
 
     def logged() -> str:
@@ -170,9 +170,8 @@ def mlflow_run(tracking_uri: str, experiment: str, model: str) -> None:
         assert run["status"] == "FINISHED", run["status"]
         speedup = run["metrics.engine_speedup"]
         assert np.isfinite(speedup), "no engine_speedup metric"
-        device = run.get("tags.engine_device")  # logged once pipeline.py passes it on
-        if isinstance(device, str):
-            assert device.startswith("cuda"), f"engine_device tag {device}"
+        tag = run.get("tags.engine_device")  # where pipeline.py ran the engine
+        assert isinstance(tag, str) and tag.startswith(device), f"engine_device tag {tag}"
         return f"engine_speedup {speedup:.2f}, engine_acc {run['metrics.engine_acc']:.2f}"
 
     check(f"mlflow run of {model}", logged)
@@ -187,13 +186,14 @@ def main() -> None:
     two.add_argument("--tracking-uri", required=True)
     two.add_argument("--experiment", default="gpu_check")
     two.add_argument("--model", required=True)
+    two.add_argument("--device", default="cuda", help="where the engine should have run")
     args = parser.parse_args()
     logging.getLogger("lightning").setLevel(logging.ERROR)
     use_shared_data()
     if args.what == "placement":
         placement(args.device)
     else:
-        mlflow_run(args.tracking_uri, args.experiment, args.model)
+        mlflow_run(args.tracking_uri, args.experiment, args.model, args.device)
     sys.exit(len(FAILS))
 
 

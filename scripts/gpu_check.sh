@@ -53,6 +53,7 @@ finish() {
   fails=$(grep -c '^FAIL' "$SUMMARY" || true)
   note "== $(grep -c '^PASS' "$SUMMARY" || true) passed, $fails failed (logs: $WORK)"
   if [[ -n "${OUT:-}" ]]; then
+    mkdir -p "$OUT"
     cp "$SUMMARY" "$OUT/gpu_check.txt"
     tar -czf "$OUT/gpu_check_logs.tar.gz" -C "$WORK" --exclude=./cache --exclude=./site \
       --exclude=./mlruns . || true
@@ -135,7 +136,8 @@ for model in smollm2_135m gemma3_270m; do
       note "FAIL run.py $model: no 'early-exit engine for $model on $DEVICE' in $log:" \
         "$(grep -o 'early-exit engine for .*' "$log" | head -n 1)"
     fi
-    (cd "$WORK" && "$PY" "$REPO/scripts/gpu_check.py" run --tracking-uri "$URI" --model "$model") \
+    (cd "$WORK" && "$PY" "$REPO/scripts/gpu_check.py" run --tracking-uri "$URI" --model "$model" \
+      --device "$DEVICE") \
       2>>"$log" |
       grep -E '^(PASS|FAIL)' | tee -a "$SUMMARY" || true
   else
