@@ -94,25 +94,32 @@ def _layer_types(config: Any) -> list[str]:
     return [kind] * config.num_hidden_layers
 
 
+def _masks(config: Any, embeds, attention_mask, cache, positions, types: list[str]) -> dict:
+    """The attention mask of each layer type in ``types``, built with the backbone's own helper
+    for that type, as its forward builds them."""
+    return {
+        kind: _MASKS[kind](
+            config=config,
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=positions,
+        )
+        for kind in sorted(set(types))
+    }
+
+
 def _llama_like(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> LayerInputs:
     base, config = model.model, model.config
     embeds = base.embed_tokens(input_ids)
     position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
-    types = _layer_types(config)
-    if config.model_type == "llama":  # LlamaModel builds one causal mask whatever the config
-        types = [FULL] * len(types)
+    types = layer_types(model)
     groups = {}
     shared_rope = None
     if config.model_type not in _ROPE_PER_LAYER_TYPE:
         shared_rope = base.rotary_emb(embeds, position_ids=position_ids)
-    for kind in sorted(set(types)):
-        mask = _MASKS[kind](
-            config=config,
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            cache=None,
-            position_ids=position_ids,
-        )
+    masks = _masks(config, embeds, attention_mask, None, position_ids, types)
+    for kind, mask in masks.items():
         rope = shared_rope
         if rope is None:
             rope = base.rotary_emb(embeds, position_ids, kind)
@@ -166,7 +173,8 @@ def rope_at(model: torch.nn.Module, layer_type: str, positions: torch.Tensor):
 
 
 def layer_types(model: torch.nn.Module) -> list[str]:
-    """Each decoder layer's attention type, as the engine groups them."""
+    """Each decoder layer's attention type, as the engine groups them (Llama: one causal mask
+    whatever the config, as LlamaModel builds it; OPT: full attention)."""
     if FAMILIES[model.config.model_type] == "opt" or model.config.model_type == "llama":
         return [FULL] * model.config.num_hidden_layers
     return _layer_types(model.config)
@@ -195,14 +203,7 @@ def decode_inputs(
     else:
         hidden = model.model.embed_tokens(tokens)
     groups = {}
-    for kind in sorted(set(types)):
-        mask = _MASKS[kind](
-            config=config,
-            inputs_embeds=hidden,
-            attention_mask=attention_mask,
-            cache=cache,
-            position_ids=positions,
-        )
+    for kind, mask in _masks(config, hidden, attention_mask, cache, positions, types).items():
         groups[kind] = {"attention_mask": mask, "position_ids": positions}
         rope = rope_at(model, kind, positions)
         if rope is not None:
