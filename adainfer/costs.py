@@ -27,6 +27,10 @@ charges a probe at every visited layer: with Gemma-3's 262,144-token vocabulary 
 about as much as a layer over a 30-token prompt, so (b) can be far from (a).
 
 (c) measured wall time, and the time model: :mod:`adainfer.timing`.
+
+(d) generation (:func:`generation_costs`): per new token, one position through the layers it
+ran, attending to the whole context, plus its probes, policy calls and the K/V entries of the
+layers it skipped (``2·h·(n_kv·d)·2`` each): what an early-exit decoder pays per token.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from adainfer.probes import Probe
 from adainfer.schedule import ReadPrices
 
 if TYPE_CHECKING:
-    from adainfer.engine.result import EngineResult
+    from adainfer.engine.result import EngineResult, Generation
 
 
 @dataclass
@@ -88,13 +92,19 @@ class ModelDims:
             head_in=getattr(config, "word_embed_proj_dim", None) or h,
         )
 
-    def layer(self, width: int) -> float:
-        """FLOPs of one decoder layer on one row of ``width`` positions."""
+    def layer(self, width: int, attended: int | None = None) -> float:
+        """FLOPs of one decoder layer on one row of ``width`` positions, each attending to
+        ``attended`` positions (None: ``width``, a prompt's pass; a decoding step runs one
+        position over the whole context, its cache)."""
         s, h, d = float(width), self.hidden, self.head_dim
         projections = 2 * s * h * self.heads * d * 2 + 2 * s * h * self.kv_heads * d * 2
-        attention = 2 * 2 * s * s * self.heads * d
+        attention = 2 * 2 * s * float(width if attended is None else attended) * self.heads * d
         mlp = 2 * s * h * self.intermediate * self.mlp_matrices
         return projections + attention + mlp
+
+    def kv_fill(self) -> float:
+        """A skipped layer's key and value for one position (its K and V projections)."""
+        return 2.0 * self.hidden * self.kv_heads * self.head_dim * 2
 
     def head(self) -> float:
         """LM head on one position (with OPT's project_out when the widths differ)."""
@@ -240,3 +250,58 @@ def trace_flops_ratio(
         layers, probes, scored, full = _work_flops(dims, work, per_score, probe)
         ratios.append((layers + probes + scored) / full)
     return np.array(ratios)
+
+
+@dataclass
+class GenerationCost:
+    """What generating cost, early exit against the full model (:func:`generation_costs`)."""
+
+    engine_flops: float  # the decoding steps (every new token after the first)
+    full_flops: float  # the same steps at full depth
+    prefill_flops: float  # the full-depth prefill and first token, the same for both
+    tokens: int  # new tokens after the first
+
+    @property
+    def flops_ratio(self) -> float:
+        """Honest FLOPs per generated token after the first, over the full model's."""
+        return self.engine_flops / self.full_flops if self.full_flops else 1.0
+
+    @property
+    def flops_ratio_with_prefill(self) -> float:
+        """The same over the whole generation, prompt prefill included."""
+        return (self.engine_flops + self.prefill_flops) / (self.full_flops + self.prefill_flops)
+
+
+def generation_costs(
+    generation: Generation, config: Any, policy: ExitPolicy, probe: Probe | None = None
+) -> GenerationCost:
+    """Honest FLOPs of an early-exit generation (:func:`adainfer.engine.generate`), priced
+    token by token as at batch size 1 from each token's work
+    (:class:`~adainfer.engine.result.TokenWork`).
+
+    Token 1 of a prompt comes from its full-depth prefill (``L·layer(prompt)`` and one head),
+    the same for the full model. Token t > 1 is one position attending to its context ``c``
+    (prompt and new tokens, itself included): ``exit_layer·layer(1, c)``, its probes (a tuned
+    lens's translator below the last layer; the last layer's read is the head and an argmax),
+    the policy's calls, and the K/V fills of skipped layers (:meth:`ModelDims.kv_fill`, under
+    ``recompute`` charged to the step that computes them). The full model's token:
+    ``L·layer(1, c)``, the head and an argmax.
+    """
+    dims = ModelDims.from_config(config)
+    L, per_score = dims.num_layers, classifier_flops(policy, dims)
+    read = dims.probe() + (probe.flops() if probe is not None else 0.0)
+    answer, fill = dims.head() + dims.vocab, dims.kv_fill()
+    engine = full = prefill = 0.0
+    tokens = 0
+    for work, prompt in zip(generation.work, generation.prompt_len, strict=True):
+        if len(work.exit_layer):
+            prefill += L * dims.layer(int(prompt)) + answer
+        for t in range(1, len(work.exit_layer)):
+            exit_at, layer = int(work.exit_layer[t]), dims.layer(1, int(work.context[t]))
+            probes = int(work.probes[t])
+            reads = (probes - 1) * read + answer if exit_at == L else probes * read
+            engine += exit_at * layer + reads + per_score * int(work.classified[t])
+            engine += fill * int(work.kv_fills[t])
+            full += L * layer + answer
+            tokens += 1
+    return GenerationCost(engine, full, prefill, tokens)

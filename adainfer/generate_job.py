@@ -11,6 +11,9 @@ all annotator answers, Function Vectors' exact match as written (:mod:`adainfer.
 Metrics (``gen_*``): ``gen_em_full`` / ``gen_em``, ``gen_f1_full`` / ``gen_f1`` (SQuAD),
 ``gen_equal_full`` (share of answers identical to the full model's), ``gen_exit_layer_mean``
 (per generated token after the first, which the full-depth prefill gives),
+``gen_flops_ratio`` (honest FLOPs of those tokens over the full model's:
+:func:`adainfer.costs.generation_costs`) and ``gen_flops_ratio_with_prefill`` (the whole
+generation, prompt included),
 ``gen_tokens_per_s_full`` / ``gen_tokens_per_s``; and a sample of the answers
 (:data:`SAMPLE` prompts) for the ``generations.jsonl`` artifact.
 """
@@ -25,6 +28,7 @@ import numpy as np
 
 from adainfer.answer_match import exact_match, exact_match_strict, f1
 from adainfer.batching import on_trainer_device, one_device, probe_trainer
+from adainfer.costs import generation_costs
 from adainfer.engine import EarlyExitEngine, Generation, generate
 from adainfer.errors import AdaInferError
 from adainfer.policies import ExitPolicy
@@ -106,6 +110,9 @@ def generation_metrics(
     later = np.concatenate([w.exit_layer[1:] for w in early.work])
     if later.size:  # every answer one token long: no token was read early
         metrics["gen_exit_layer_mean"] = float(later.mean())
+    cost = generation_costs(early, loaded.config, policy, probe)
+    metrics["gen_flops_ratio"] = cost.flops_ratio
+    metrics["gen_flops_ratio_with_prefill"] = cost.flops_ratio_with_prefill
     metrics["gen_tokens_per_s_full"] = sum(map(len, full.tokens)) / full_s
     metrics["gen_tokens_per_s"] = sum(map(len, early.tokens)) / early_s
     sample = [

@@ -46,11 +46,13 @@ def tiny(model_type: str, **extra) -> TinyRandomModel:
     )
 
 
-TINY_SPECS = {
-    "llama": lambda: tiny("llama", num_key_value_heads=2),
-    "opt": lambda: tiny("opt"),
-    "gemma3_text": lambda: tiny("gemma3_text", num_key_value_heads=1, head_dim=16),
+# What each tiny architecture sets beyond its config's defaults (grouped-query attention).
+TINY_EXTRA = {
+    "llama": dict(num_key_value_heads=2),
+    "opt": {},
+    "gemma3_text": dict(num_key_value_heads=1, head_dim=16),
 }
+TINY_SPECS = {kind: (lambda kind=kind: tiny(kind, **TINY_EXTRA[kind])) for kind in TINY_EXTRA}
 
 
 @pytest.fixture(scope="session", params=sorted(TINY_SPECS))

@@ -11,10 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SPECS, tiny
+from conftest import TINY_EXTRA, TINY_SPECS, tiny
 from test_engine import LLAMA_LIKE
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import DynamicCache
 
+from adainfer.costs import ModelDims, classifier_flops, generation_costs
 from adainfer.engine import EarlyExitEngine, FixedExit, generate
 from adainfer.engine.inputs import layer_types, rope_at
 from adainfer.engine.kv import project_kv
@@ -319,6 +321,64 @@ def test_a_state_head_decides_each_token_without_probes(tiny_llama):
         assert work.exit_layer.tolist() == alone.exit_layer.tolist()
         assert (work.probes == 1).all()
         assert work.classified[1:].tolist() == asked[work.exit_layer[1:] - 1].tolist()
+
+
+# -- what a token costs -------------------------------------------------------------------------
+def _uncounted(generation, dims: ModelDims, policy, vocab: int) -> float:
+    """What the cost model charges that no matmul computes: attention scores (on the CPU the
+    fused SDPA kernel is not counted by FlopCounterMode), softmax/top-2/argmax and the policy's
+    decisions; written from each token's work."""
+    L, per_score = dims.num_layers, classifier_flops(policy, dims)
+    out = 0.0
+    for work, prompt in zip(generation.work, generation.prompt_len, strict=True):
+        out += vocab + L * (dims.layer(int(prompt)) - dims.layer(int(prompt), 0))  # prefill
+        for t in range(1, len(work.exit_layer)):
+            exit_at, context = int(work.exit_layer[t]), int(work.context[t])
+            below = int(work.probes[t]) - (exit_at == L)
+            out += 6 * vocab * below + vocab * (exit_at == L) + per_score * work.classified[t]
+            out += exit_at * (dims.layer(1, context) - dims.layer(1, 0))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["never", "fixed 2", "fixed 1", "gap", "gap, tuned lens"])
+@pytest.mark.parametrize("kv_fill", ["propagate", "recompute"])
+@pytest.mark.parametrize("model_type", sorted(TINY_SPECS))
+def test_the_honest_flops_per_token_are_the_matmuls_run(model_type, kv_fill, kind):
+    """``generation_costs`` prices each token from its work log; PyTorch's FLOP counter counts
+    the matrix products generation really ran (layers, probes, a tuned lens's translators, the
+    K/V fills of skipped layers, the heads). They agree once the terms no matmul computes are
+    set aside. A small vocabulary, so the layers and fills weigh as much as the head."""
+    loaded = tiny(model_type, vocab_size=256, **TINY_EXTRA[model_type]).load()
+    loaded.model.requires_grad_(False)  # the counter's module tracker wants no grad leaves
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(3, 256, n).tolist() for n in (5, 9, 14)]
+    lens = random_lens(loaded) if kind.endswith("tuned lens") else None
+    if kind == "never":
+        policy = NeverExit()
+    elif kind.startswith("fixed"):
+        policy = FixedExit(int(kind[-1]))
+    else:
+        policy = GapThreshold(threshold=mid_gap(loaded, ids, 8, lens))
+    with FlopCounterMode(display=False) as counter:
+        got = generate(EarlyExitEngine(loaded, policy, lens), ids, 8, (), kv_fill, 1, ())
+    counted = sum(
+        flops
+        for op, flops in counter.get_flop_counts()["Global"].items()
+        if "attention" not in str(op)
+    )
+    cost = generation_costs(got, loaded.config, policy, lens)
+    dims = ModelDims.from_config(loaded.config)
+    priced = cost.engine_flops + cost.prefill_flops - _uncounted(got, dims, policy, 256)
+    # a tuned lens's bias add (h per read) is priced, and is no matmul
+    assert counted == pytest.approx(priced, rel=1e-3 if lens is not None else 1e-9)
+    exits = np.concatenate([w.exit_layer[1:] for w in got.work])
+    assert cost.tokens == exits.size == 3 * 7
+    if kind == "never":
+        assert cost.flops_ratio == cost.flops_ratio_with_prefill == 1.0
+    elif kind.startswith("fixed"):
+        assert cost.flops_ratio < cost.flops_ratio_with_prefill < 1.0
+    else:
+        assert len(set(exits.tolist())) > 1
 
 
 # -- bad input ----------------------------------------------------------------------------------

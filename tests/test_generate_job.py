@@ -37,6 +37,7 @@ def test_never_generates_the_full_models_answers(tracking_uri, data_dir):
     assert metrics["gen_em"] == metrics["gen_em_full"]
     assert metrics["gen_f1"] == metrics["gen_f1_full"]
     assert metrics["gen_exit_layer_mean"] == 4.0  # every token after the first at full depth
+    assert metrics["gen_flops_ratio"] == metrics["gen_flops_ratio_with_prefill"] == 1.0
     assert metrics["gen_tokens_per_s"] > 0 and metrics["gen_tokens_per_s_full"] > 0
     run = _runs(tracking_uri, "gen_never").iloc[0]
     assert run.status == "FINISHED"
