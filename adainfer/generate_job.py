@@ -16,26 +16,38 @@ Metrics (``gen_*``): ``gen_em_full`` / ``gen_em``, ``gen_f1_full`` / ``gen_f1`` 
 generation, prompt included),
 ``gen_tokens_per_s_full`` / ``gen_tokens_per_s``; and a sample of the answers
 (:data:`SAMPLE` prompts) for the ``generations.jsonl`` artifact.
+
+A threshold certified on first tokens says little about whole answers: with ``risk.answers``
+(``equal`` or ``metric``) the threshold is set again, by Learn-then-Test on answers generated
+for the calibration prompts (:func:`calibrate_answers`), before the test answers are generated;
+what it chose and why is logged as ``gen_risk_*`` (:class:`adainfer.risk.Calibration`).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from adainfer.answer_match import exact_match, exact_match_strict, f1
 from adainfer.batching import on_trainer_device, one_device, probe_trainer
-from adainfer.costs import generation_costs
+from adainfer.costs import generation_costs, read_prices
 from adainfer.engine import EarlyExitEngine, Generation, generate
 from adainfer.errors import AdaInferError
 from adainfer.policies import ExitPolicy
 from adainfer.policies.base import NeverExit
 from adainfer.probes import Probe
+from adainfer.records import LayerRecords
+from adainfer.risk import Calibration, RiskLimit, certify, check_calibratable, risk_upper_bound
 from adainfer.tasks.base import Example
 from adainfer.timing import synchronize
+
+log = logging.getLogger(__name__)
 
 STOP = ("\n",)  # an answer ends where the template's next line starts
 SAMPLE = 20  # prompts whose answers go into generations.jsonl
@@ -53,6 +65,12 @@ def check_lengths(task: str, input_ids: list[list[int]], max_new: int, context: 
             f"lower task.max_new_tokens (at most {max(context - longest, 0)}), or shorten the "
             "prompts (fewer shots, or context_length)",
         )
+
+
+def _place(loaded: Any, trainer_kwargs: dict[str, Any] | None) -> None:
+    """Put the model where an LLM pass of the job runs (see timing.engine_metrics)."""
+    if trainer_kwargs is not None:
+        on_trainer_device(loaded, probe_trainer(one_device(trainer_kwargs)))
 
 
 def _timed(
@@ -78,6 +96,84 @@ def _scores(texts: Sequence[str], examples: Sequence[Example], squad: bool) -> d
     }
 
 
+def answer_losses(
+    early: Sequence[str],
+    full: Sequence[str],
+    examples: Sequence[Example],
+    answers: str,
+    loss: str,
+    squad: bool,
+) -> np.ndarray:
+    """ℓ per generated answer. ``answers="equal"``: the answer is not the full model's (0/1).
+    ``"metric"``: by exact match against the golds (SQuAD's normalized, Function Vectors' as
+    written), ``loss="flip"``: 1[full right, early wrong]; ``"drop"``: 1[full right] −
+    1[early right] (:mod:`adainfer.risk`)."""
+    if answers == "equal":
+        return np.array([a != b for a, b in zip(early, full, strict=True)], dtype=np.int64)
+    right = exact_match if squad else exact_match_strict
+    full_right = np.array([right(t, e.golds) for t, e in zip(full, examples, strict=True)])
+    early_right = np.array([right(t, e.golds) for t, e in zip(early, examples, strict=True)])
+    if loss == "drop":
+        return full_right.astype(np.int64) - early_right.astype(np.int64)
+    return (full_right & ~early_right).astype(np.int64)
+
+
+def calibrate_answers(
+    loaded: Any,
+    policy: ExitPolicy,
+    probe: Probe | None,
+    train: LayerRecords,
+    input_ids: list[list[int]],
+    examples: Sequence[Example],
+    limit: RiskLimit,
+    answers: str,
+    grid: int,
+    generation: tuple[int, str, int, bool],
+    trainer_kwargs: dict[str, Any] | None = None,
+) -> Calibration:
+    """Set ``policy``'s threshold so that, w.p. ≥ 1 − δ, the generated answers lose at most ε
+    (``answers``: see :func:`answer_losses`): Learn-then-Test on whole answers, generated for
+    the calibration prompts ``input_ids`` (their instances ``examples``) at each candidate
+    threshold, as :func:`adainfer.risk.certify` walks them; at most ``grid`` candidates, each
+    one generation of the calibration split, fixed on ``train`` before any is generated.
+    ``generation``: (max_new_tokens, kv_fill, batch_size, squad), as the test's."""
+    check_calibratable(policy)
+    if not input_ids:
+        raise AdaInferError(
+            f"risk.answers={answers} calibrates on generated answers, and the calibration "
+            "split is empty",
+            "set task.n_calibration (held-out instances, e.g. 300)",
+        )
+    _place(loaded, trainer_kwargs)
+    max_new, kv_fill, batch_size, squad = generation
+    args = (input_ids, max_new, STOP, kv_fill, batch_size)
+    full = generate(EarlyExitEngine(loaded, NeverExit(), probe), *args).text
+    # the first token's loss (flip or drop) for the metric; equal is 0/1 under any bound
+    tested = replace(limit, grid=grid, loss="flip" if answers == "equal" else limit.loss)
+
+    def losses_at(threshold: float) -> np.ndarray:
+        early = generate(EarlyExitEngine(loaded, policy, probe), *args).text
+        values = answer_losses(early, full, examples, answers, tested.loss, squad)
+        log.info(
+            "risk.answers=%s: threshold %.4g, mean loss %.4f", answers, threshold, values.mean()
+        )
+        return values
+
+    prices = read_prices(loaded.config, probe)
+    chosen, values, p_chosen, rejected = certify(policy, train, tested, losses_at, prices)
+    values = np.zeros(len(input_ids), dtype=np.int64) if values is None else values
+    return Calibration(
+        threshold=chosen,
+        losses=int(values.sum()),
+        n=len(input_ids),
+        p_value=p_chosen,
+        upper_bound=risk_upper_bound(values, tested),
+        cal_drop=float(values.mean()),
+        tested=rejected,
+        certified=math.isfinite(chosen),
+    )
+
+
 def generation_metrics(
     loaded: Any,
     policy: ExitPolicy,
@@ -98,8 +194,7 @@ def generation_metrics(
     """
     if len(examples) != len(input_ids):
         raise ValueError(f"{len(examples)} examples for {len(input_ids)} prompts")
-    if trainer_kwargs is not None:  # placed like an LLM pass (see timing.engine_metrics)
-        on_trainer_device(loaded, probe_trainer(one_device(trainer_kwargs)))
+    _place(loaded, trainer_kwargs)
     args = (input_ids, max_new_tokens, kv_fill, batch_size)
     full, full_s = _timed(EarlyExitEngine(loaded, NeverExit(), probe), *args)
     early, early_s = _timed(EarlyExitEngine(loaded, policy, probe), *args)

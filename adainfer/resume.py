@@ -34,6 +34,7 @@ NOT_HASHED = ("mlflow", "traces", "stage", "resume", "hydra")
 # job that does not is hashed without them, as it was before they existed, so grids logged then
 # still resume.
 GENERATION_TASK_KEYS = ("generate", "max_new_tokens")
+GENERATION_RISK_KEYS = ("answers", "answer_grid")  # risk.*: only generated answers use them
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -43,6 +44,8 @@ def config_hash(cfg: DictConfig) -> str:
     kept = {key: value for key, value in plain.items() if key not in NOT_HASHED}
     if not _generates(kept.get("task")):
         kept.pop("kv_fill", None)
+        for key in GENERATION_RISK_KEYS:
+            (kept.get("risk") or {}).pop(key, None)
     _drop_idle_generation_keys(kept.get("task"))
     payload = json.dumps(kept, sort_keys=True, default=str).encode()
     return hashlib.sha256(payload).hexdigest()[:20]

@@ -200,6 +200,37 @@ def check_calibratable(policy: ExitPolicy) -> None:
         )
 
 
+def certify(
+    policy: ExitPolicy,
+    train: LayerRecords,
+    limit: RiskLimit,
+    losses_at: Callable[[float], np.ndarray],
+    prices: ReadPrices | None = None,
+) -> tuple[float, np.ndarray | None, float, int]:
+    """Fixed-sequence testing (the module's docstring): walk ``policy``'s candidates, the most
+    cautious first, each set on the policy in turn (``policy.threshold`` and, with
+    ``schedule="auto"``, the schedule chosen for it on ``train``), and test the calibration
+    losses ``losses_at(threshold)`` gives there; stop at the first failure. Leaves the policy
+    at the most aggressive threshold rejected (+inf when none) and returns it, its losses
+    (None for +inf), its p-value and how many were rejected."""
+    auto = policy.schedule == "auto"
+    train_scores = policy.scores(train) if auto else None
+    chosen, l_chosen, p_chosen, tested = np.inf, None, 1.0, 0
+    for threshold in candidate_thresholds(policy, train, limit.grid)[1:]:
+        if auto and not policy.choose_schedule(train, prices, threshold, train_scores):
+            continue  # asked nowhere (chosen on the train split alone): the full model, as +inf
+        policy.threshold = float(threshold)
+        values = losses_at(float(threshold))
+        p = risk_p_value(values, limit)
+        if p > limit.delta:
+            break
+        chosen, l_chosen, p_chosen, tested = float(threshold), values, p, tested + 1
+    policy.threshold = chosen
+    if auto:
+        policy.choose_schedule(train, prices)
+    return chosen, l_chosen, p_chosen, tested
+
+
 def calibrate(
     policy: ExitPolicy,
     train: LayerRecords,
@@ -223,28 +254,19 @@ def calibrate(
             "set task.n_calibration (held-out instances, e.g. 500)",
         )
     scores = policy.scores(calibration)
-    auto = policy.schedule == "auto"
-    train_scores = policy.scores(train) if auto else None
-    chosen, p_chosen, tested = np.inf, 1.0, 0
-    l_chosen = np.zeros(n, dtype=np.int64)  # never exiting loses (and fixes) nothing
-    for threshold in candidate_thresholds(policy, train, limit.grid)[1:]:
-        if auto and not policy.choose_schedule(train, prices, threshold, train_scores):
-            continue  # asked nowhere (chosen on the train split alone): the full model, as +inf
-        values = losses(calibration, policy.first_exits(scores > threshold), limit.loss)
-        p = risk_p_value(values, limit)
-        if p > limit.delta:
-            break
-        chosen, l_chosen, p_chosen, tested = float(threshold), values, p, tested + 1
-    policy.threshold = chosen
-    if auto:
-        policy.choose_schedule(train, prices)
+
+    def losses_at(threshold: float) -> np.ndarray:
+        return losses(calibration, policy.first_exits(scores > threshold), limit.loss)
+
+    chosen, values, p_chosen, tested = certify(policy, train, limit, losses_at, prices)
+    values = np.zeros(n, dtype=np.int64) if values is None else values  # +inf loses nothing
     drop = apply_exits(calibration, policy.exit_layers(calibration)).accuracy_drop(calibration.gold)
     return Calibration(
         threshold=chosen,
-        losses=int(l_chosen.sum()),
+        losses=int(values.sum()),
         n=n,
         p_value=p_chosen,
-        upper_bound=risk_upper_bound(l_chosen, limit),
+        upper_bound=risk_upper_bound(values, limit),
         cal_drop=drop,
         tested=tested,
         certified=math.isfinite(chosen),

@@ -54,6 +54,8 @@ class RiskSchema:
     resplits: Any = MISSING
     bound: Any = MISSING  # binomial, hb or wsr: the p-value of each threshold's test
     loss: Any = MISSING  # flip or drop
+    answers: Any = MISSING  # task.generate=true: null (first token), equal or metric
+    answer_grid: Any = MISSING  # with answers: thresholds tried at most
 
 
 @dataclass

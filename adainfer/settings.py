@@ -39,6 +39,9 @@ STAGES = ("all", "extract", "decide")  # adainfer.pipeline
 CALIBRATION_SOURCES = ("train", "test")  # adainfer.tasks.data: task.calibration_from
 RISK_BOUNDS = ("binomial", "hb", "wsr")
 RISK_LOSSES = ("flip", "drop")
+# What risk control bounds for generated answers (task.generate=true; adainfer.generate_job):
+# the share of answers not equal to the full model's, or the drop of their exact match.
+ANSWER_RISKS = ("equal", "metric")
 # How generation fills the cache of the layers a token skipped (adainfer.engine.kv).
 KV_FILLS = ("propagate", "recompute")
 
@@ -143,6 +146,10 @@ RUN: dict[str, Rule] = {
     "risk.resplits": Rule(_int(0), "a whole number >= 0", "20"),
     "risk.bound": Rule(_one_of(RISK_BOUNDS), f"one of {list(RISK_BOUNDS)}", "wsr", unknown="bound"),
     "risk.loss": Rule(_one_of(RISK_LOSSES), f"one of {list(RISK_LOSSES)}", "drop", unknown="loss"),
+    "risk.answers": Rule(
+        _one_of(ANSWER_RISKS), f"one of {list(ANSWER_RISKS)} (or null)", "equal", True, "answers"
+    ),
+    "risk.answer_grid": Rule(_int(1), "a whole number >= 1", "20"),
     "probe.name": Rule(_one_of(PROBES), f"one of {list(PROBES)}", "tuned", unknown="probe"),
     "probe.first_layer": Rule(_first_layer, "a layer number >= 1, or auto", "auto"),
     "probe.ridge": Rule(_number(0), "a number >= 0", "0.1"),
@@ -243,7 +250,7 @@ def check_settings(cfg: DictConfig) -> list[str]:
     mismatch = bound_loss_mismatch(risk.get("bound"), risk.get("loss"))
     if mismatch:
         problems.append(f"{mismatch[0]} ({mismatch[1]})")
-    return problems + _stage_problems(plain) + _device_problems(plain)
+    return problems + _stage_problems(plain) + _answer_problems(plain) + _device_problems(plain)
 
 
 def _device_problems(plain: dict) -> list[str]:
@@ -286,6 +293,25 @@ def _stage_problems(plain: dict) -> list[str]:
             "policy, which needs both (e.g. task.generate=false, or stage=all)"
         )
     return problems
+
+
+def _answer_problems(plain: dict) -> list[str]:
+    """``risk.answers`` bounds generated answers: it needs a task that generates and an ε."""
+    risk = plain.get("risk") or {}
+    answers = risk.get("answers")
+    if answers is None:
+        return []
+    if not generates(plain.get("task")):
+        return [
+            f"risk.answers={answers} bounds generated answers, and the task generates none "
+            "(e.g. task.generate=true on task=squad or task=function_vectors, or risk.answers=null)"
+        ]
+    if risk.get("epsilon") is None:
+        return [
+            f"risk.answers={answers} without risk.epsilon: say how much may be lost "
+            "(e.g. risk.epsilon=0.05)"
+        ]
+    return []
 
 
 def generates(task: Any) -> bool:

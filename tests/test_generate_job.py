@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 
 import mlflow
+import numpy as np
 import pytest
 from conftest import compose_cfg
 
 from adainfer import pipeline
 from adainfer.errors import AdaInferError
+from adainfer.features import LayerRecords
 from adainfer.job import load_inputs
+from adainfer.policies import GapThreshold, NeverExit
 from adainfer.settings import check_settings
 
 GEN = ["model=tiny_llama", "task.generate=true", "task.max_new_tokens=6", "task.n_train=12"]
@@ -118,3 +121,98 @@ def test_scores_compare_the_generated_text_with_every_gold(tiny_llama):
     metrics, _ = generation_metrics(*args, exact, 5, "recompute", 3, squad=False)
     assert metrics["gen_em_full"] == metrics["gen_em"] == 0.75
     assert "gen_f1" not in metrics
+
+
+# -- risk control of whole answers (risk.answers) -----------------------------------------------
+def _gap_train(scale: float, n: int = 40, layers: int = 4) -> LayerRecords:
+    """Train records whose gaps spread over [0, scale]: the candidate thresholds are their
+    quantiles (fixed before any calibration answer is generated)."""
+    rng = np.random.default_rng(0)
+    values = {k: scale * rng.random((n, layers)).astype(np.float32) for k in ("gap", "top_prob")}
+    argmax = rng.integers(0, 3, (n, layers))
+    return LayerRecords(values, argmax, argmax[:, -1].copy(), np.full(n, 10))
+
+
+def _antonyms(loaded, data_dir, n: int):
+    from adainfer.tasks.base import Example
+
+    rows = [
+        json.loads(line)
+        for line in (data_dir / "function_vectors" / "abstractive" / "antonym.jsonl").open()
+    ]
+    examples = [Example(f"Q: {r['input']}\nA:", r["output"]) for r in rows[:n]]
+    return [loaded.tokenizer(e.input).input_ids for e in examples], examples
+
+
+@pytest.mark.parametrize("answers", ["equal", "metric"])
+def test_answers_are_certified_at_the_threshold_where_the_walk_stops(tiny_llama, data_dir, answers):
+    """The certified threshold's answers, generated again, lose what was logged; the next
+    candidate (the first more aggressive one) fails its test, so the walk stopped there; the
+    full model's answers lose nothing. ε is loose so that some candidates pass; the train gaps
+    span twice a gap at which this model's tokens exit at several depths."""
+    from test_generate import mid_gap
+
+    from adainfer.engine import EarlyExitEngine, generate
+    from adainfer.generate_job import STOP, answer_losses, calibrate_answers
+    from adainfer.risk import RiskLimit, candidate_thresholds, risk_p_value
+    from adainfer.tasks.base import Example
+
+    ids, examples = _antonyms(tiny_llama, data_dir, 24)
+    train = _gap_train(2 * mid_gap(tiny_llama, ids[:6], 5))
+    full = generate(EarlyExitEngine(tiny_llama, NeverExit()), ids, 5, STOP, "propagate", 8).text
+    if answers == "metric":  # a random model knows no antonym: golds it gets right, or not
+        examples = [
+            Example(e.input, a if i % 3 else "zzz")
+            for i, (e, a) in enumerate(zip(examples, full, strict=True))
+        ]
+    limit = RiskLimit(0.3, 0.2, bound="wsr", loss="drop" if answers == "metric" else "flip")
+    policy = GapThreshold(threshold=0.0)
+    settings = (5, "propagate", 8, False)
+    cal = calibrate_answers(
+        tiny_llama, policy, None, train, ids, examples, limit, answers, 8, settings
+    )
+    candidates = candidate_thresholds(policy, train, 8)
+
+    def at(threshold: float) -> np.ndarray:
+        engine = EarlyExitEngine(tiny_llama, GapThreshold(threshold=threshold))
+        early = generate(engine, ids, 5, STOP, "propagate", 8).text
+        full = generate(EarlyExitEngine(tiny_llama, NeverExit()), ids, 5, STOP, "propagate", 8)
+        return answer_losses(early, full.text, examples, answers, limit.loss, False)
+
+    assert cal.n == 24 and policy.threshold == cal.threshold
+    assert cal.tested == int(np.sum(candidates[1:] >= cal.threshold))
+    if cal.certified:
+        assert at(cal.threshold).sum() == cal.losses and cal.p_value <= limit.delta
+    assert cal.tested < len(candidates) - 1, "a loss-free last candidate: nothing to stop at"
+    following = candidates[1 + cal.tested]
+    assert risk_p_value(at(following), limit) > limit.delta
+    assert at(np.inf).sum() == 0
+
+
+def test_nothing_certified_on_answers_generates_the_full_models(tracking_uri, data_dir):
+    """Twelve calibration answers cannot certify a 1% share of changed answers: the policy
+    (a gap threshold of 0, which stops at the first layer) never exits, so every generated
+    answer is the full model's, and the run says so."""
+    cfg = compose_cfg(
+        [*GEN, "task=function_vectors", "task.name=antonym", "shots=3", "task.n_test=8"]
+        + [f"task.data_dir={data_dir}", "classifier=gap", "classifier.threshold=0.0"]
+        + ["task.n_calibration=12", "risk.epsilon=0.01", "risk.answers=equal"]
+        + _uri(tracking_uri, "gen_answers")
+    )
+    metrics = pipeline.run(cfg)
+    assert metrics["gen_risk_certified"] == 0.0 and metrics["gen_risk_n"] == 12
+    assert "gen_risk_threshold" not in metrics  # +inf: not logged
+    assert metrics["gen_equal_full"] == 1.0 and metrics["gen_exit_layer_mean"] == 4.0
+    run = _runs(tracking_uri, "gen_answers").iloc[0]
+    assert run.status == "FINISHED" and run["metrics.gen_risk_certified"] == 0.0
+
+
+def test_answer_risk_settings_are_checked():
+    problems = "\n".join(check_settings(compose_cfg(["task=sst2", "risk.answers=equal"])))
+    assert "risk.answers=equal bounds generated answers, and the task generates none" in problems
+    problems = "\n".join(check_settings(compose_cfg([*GEN, "task=squad", "risk.answers=equal"])))
+    assert "risk.answers=equal without risk.epsilon" in problems
+    cfg = compose_cfg([*GEN, "task=squad", "risk.answers=all", "risk.answer_grid=0"])
+    problems = "\n".join(check_settings(cfg))
+    assert "unknown answers risk.answers='all'" in problems
+    assert "risk.answer_grid=0 is not a whole number >= 1" in problems

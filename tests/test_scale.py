@@ -159,19 +159,21 @@ def test_config_hash_ignores_where_things_are_kept_only():
 
 def test_generation_settings_count_only_for_a_job_that_generates():
     """Jobs that do not generate hash as before generation existed (their grids still resume):
-    the hash of their config less task.generate, task.max_new_tokens and kv_fill."""
+    the hash of their config less task.generate, task.max_new_tokens, kv_fill and
+    risk.answers / risk.answer_grid."""
     for job in (["task=sst2"], ["task=rules"], ["task=squad"]):  # rules: a list of names
         cfg = compose_cfg([*QUICK_JOB, *job])
         before = OmegaConf.to_container(cfg)
         before.pop("kv_fill")
         before["task"].pop("generate"), before["task"].pop("max_new_tokens")
+        before["risk"].pop("answers"), before["risk"].pop("answer_grid")
         assert config_hash(cfg) == config_hash(OmegaConf.create(before)), job
-        for override in ["kv_fill=recompute", "task.max_new_tokens=3"]:
+        for override in ["kv_fill=recompute", "task.max_new_tokens=3", "risk.answer_grid=5"]:
             assert config_hash(compose_cfg([*QUICK_JOB, *job, override])) == config_hash(cfg)
     squad = [*QUICK_JOB, "task=squad", "task.generate=true"]
     generating = config_hash(compose_cfg(squad))
     assert generating != config_hash(compose_cfg([*QUICK_JOB, "task=squad"]))
-    for override in ["kv_fill=recompute", "task.max_new_tokens=3"]:
+    for override in ["kv_fill=recompute", "task.max_new_tokens=3", "risk.answer_grid=5"]:
         assert config_hash(compose_cfg([*squad, override])) != generating, override
 
 

@@ -32,7 +32,8 @@ OPTIONS = [
 # bound and loss (binomial on the flip loss, as before); data tasks name where calibration comes
 # from (train, as before; SST-2: its test split), and that they generate nothing (generate:
 # false, max_new_tokens: 16 for when they do), and the job config names the generation's
-# kv_fill (propagate; read only when a task generates). classifier=state is new since the
+# kv_fill (propagate; read only when a task generates) and risk control what it bounds of
+# generated answers (answers: null, answer_grid: 20; read only then too). classifier=state is new since the
 # snapshot: its entry was taken when it was added, in the snapshot's shape.
 THRESHOLD_SHOWN = ("adainfer.policies.SVMPolicy", "adainfer.policies.CRFPolicy")
 FAMILY = {"llama2_7b": "llama", "llama2_13b": "llama", "llama2_70b": "llama", "opt_13b": "opt"}
@@ -56,7 +57,7 @@ def test_each_option_composes_as_before_the_schemas(override):
     expected["classifier"]["schedule"] = "all"
     expected["stage"] = "all"
     expected["resume"] = False
-    expected["risk"] |= {"bound": "binomial", "loss": "flip"}
+    expected["risk"] |= {"bound": "binomial", "loss": "flip", "answers": None, "answer_grid": 20}
     expected["kv_fill"] = "propagate"
     if expected["model"]["name"] in FAMILY:
         expected["model"]["model_type"] = FAMILY[expected["model"]["name"]]
