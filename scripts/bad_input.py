@@ -42,6 +42,8 @@ def _fv(name: str, data: Path) -> list[str]:
 def cases(bad_data: Path) -> list[Case]:
     """The mistakes a user makes, one per case; ``bad_data`` holds the broken data files."""
     tiny = ["model=tiny_llama"]
+    # task.generate=true on a free-text task, small enough for its one data case to load fast
+    gen = [*tiny, "task=squad", "task.generate=true", "task.n_train=8", "task.n_test=4"]
     return [
         Case("unknown model", ["model=nope"]),
         Case("unknown task", ["task=nope"]),
@@ -92,6 +94,11 @@ def cases(bad_data: Path) -> list[Case]:
             [*tiny, "stage=decide", f"traces.dir={bad_data}/no_traces"],
             "model",
         ),
+        Case("generate with a CRF", [*gen, "classifier=crf"]),
+        Case("generate with an oracle", [*gen, "classifier=oracle_consistent"]),
+        Case("generate max_new_tokens=0", [*gen, "task.max_new_tokens=0"]),
+        Case("generate negative max_new_tokens", [*gen, "task.max_new_tokens=-4"]),
+        Case("generate past the context", [*gen, "task.max_new_tokens=100000"], "data"),
     ]
 
 

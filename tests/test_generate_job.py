@@ -73,6 +73,8 @@ def test_refused_before_any_run_opens(tracking_uri, data_dir):
     uri = _uri(tracking_uri, "gen_refused")
     with pytest.raises(AdaInferError, match="'crf' cannot run in the early-exit engine"):
         pipeline.run(compose_cfg([*base, *uri, "classifier=crf"]))
+    with pytest.raises(AdaInferError, match="'oracle_gold' cannot run in the early-exit engine"):
+        pipeline.run(compose_cfg([*base, *uri, "classifier=oracle_gold"]))
     with pytest.raises(AdaInferError, match="whose answers are the labels"):
         load_inputs(compose_cfg([*GEN, "task=sst2", "classifier=never", *uri]))
     with pytest.raises(AdaInferError, match="more than the model's context"):

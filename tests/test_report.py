@@ -6,7 +6,8 @@ through the pipeline in-process, to save a start-up each) are shared by the modu
 metrics are read back independently with mlflow.search_runs. The tiny random models are
 right nowhere (every accuracy is 0), so a few hand-logged runs with distinct numbers for the
 QA and classification tasks pin which metric lands in which column, and a FAILED one must stay
-out.
+out. The generation table has a store of its own: one job that generates its SQuAD answers and
+one that does not.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from conftest import REPO, compose_cfg, paper
 
 from adainfer import pipeline
 from adainfer.errors import AdaInferError
-from adainfer.report import build_report, load_runs
+from adainfer.report import build_report, build_tables, load_runs
 from adainfer.report.cli import main as report_main
+from adainfer.report.runs import GEN_METRICS
+from adainfer.report.tables import GEN_KEYS, generation_table
 
 EXPERIMENT = "sweep"
 SMALL = ["task.n_train=16", "task.n_test=8"]
@@ -100,7 +103,7 @@ class Sweep:
         runs = mlflow.search_runs(
             experiment_names=[EXPERIMENT], filter_string="attributes.status = 'FINISHED'"
         )
-        parents = runs["params.suite_tasks"].notna()
+        parents = runs.get("params.suite_tasks", pd.Series(index=runs.index)).notna()
         reports = runs.get("tags.adainfer_report", pd.Series(index=runs.index)).notna()
         return runs[~parents & ~reports]
 
@@ -297,3 +300,66 @@ def test_selection_by_tag_parent_and_bad_input(sweep, report, capsys):
         report_main(["--experiment", EXPERIMENT, "--tracking-uri", sweep.uri, "--tag", "oops"])
     assert exit_info.value.code == 2
     assert "bad --tag 'oops'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, data_dir) -> Sweep:
+    """A store holding one SQuAD job that generates its answers and one that does not (both on
+    tiny_llama, sharing their traces)."""
+    root = tmp_path_factory.mktemp("generation")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    squad = ["task=squad", "shots=1", "task.n_train=12", "task.n_test=6"]
+    squad.append(f"task.data_dir={data_dir}")
+    generate = ["task.generate=true", "task.max_new_tokens=6"]
+    run_in_process([*squad, *generate, "classifier=gap", "classifier.threshold=0.0"], root, uri)
+    run_in_process([*squad, "classifier=crf"], root, uri)
+    return Sweep(root, uri)
+
+
+def test_generation_table_holds_the_generating_runs_metrics(generated):
+    logged = generated.logged()
+    assert len(logged) == 2
+    run = logged[logged["metrics.gen_em"].notna()]
+    assert len(run) == 1 and run["params.classifier"].iloc[0] == "gap"
+    run = run.iloc[0]
+    runs = load_runs(EXPERIMENT, tracking_uri=generated.uri)
+    tables = build_tables(runs)
+    table = tables["generation"].frame
+    assert len(table) == 1  # the job that did not generate is not in it
+    row = table.iloc[0]
+    keys = {key: run[f"params.{key}"] for key in GEN_KEYS if key != "gen_kv_fill"}
+    keys["gen_kv_fill"] = run["tags.gen_kv_fill"]
+    assert {key: str(row[key]) for key in GEN_KEYS} == keys
+    present = [m for m in GEN_METRICS if pd.notna(run.get(f"metrics.{m}"))]
+    assert {"gen_em_full", "gen_em", "gen_f1_full", "gen_f1", "gen_equal_full"} <= set(present)
+    assert {"gen_exit_layer_mean", "gen_tokens_per_s_full", "gen_tokens_per_s"} <= set(present)
+    assert list(table.columns) == [*GEN_KEYS, *present]
+    for metric in present:
+        assert row[metric] == pytest.approx(run[f"metrics.{metric}"], abs=1e-12), metric
+    assert set(tables["tasks_qa"].frame.classifier) == {"gap", "crf"}  # both, as before
+
+
+def test_generation_columns_leave_the_other_tables_alone(generated):
+    """The other tables are the same with or without the generation columns in the runs."""
+    runs = load_runs(EXPERIMENT, tracking_uri=generated.uri)
+    tables = build_tables(runs)
+    bare = build_tables(runs.drop(columns=[*GEN_METRICS, "probe", "gen_kv_fill"]))
+    assert bare.names == [name for name in tables.names if name != "generation"]
+    assert "generation" in bare.skipped
+    for name in bare.names:
+        assert bare[name].markdown() == tables[name].markdown()
+        pd.testing.assert_frame_equal(bare[name].frame, tables[name].frame)
+    assert "generation" in generation_table(runs[runs.gen_em.isna()]).skipped
+
+
+def test_generation_table_shows_the_columns_its_runs_logged(generated):
+    """F1 only where some run logged it (SQuAD); a later column such as gen_flops_ratio as
+    soon as a run logs it, in GEN_METRICS' order."""
+    runs = load_runs(EXPERIMENT, tracking_uri=generated.uri)
+    changed = runs.assign(gen_f1=None, gen_f1_full=None)
+    changed.loc[changed.gen_em.notna(), "gen_flops_ratio"] = 0.75
+    table = generation_table(changed).tables[0].frame
+    shown = [c for c in table.columns if c.startswith("gen_") and c != "gen_kv_fill"]
+    assert "gen_f1" not in shown and "gen_f1_full" not in shown
+    assert shown.index("gen_flops_ratio") == shown.index("gen_exit_layer_mean") + 1
+    assert table.gen_flops_ratio.tolist() == [0.75]

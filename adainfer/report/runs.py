@@ -43,6 +43,22 @@ COLUMNS = (
     "fit_tasks",
     "fit_model",
     "fit_include_own",
+    "probe",
+    "gen_kv_fill",
+)
+# What ``task.generate=true`` logs (adainfer.generate_job), in the generation table's order;
+# a run that generated nothing has none of them. ``_full``: the full model; without: early exit.
+GEN_METRICS = (
+    "gen_em_full",
+    "gen_em",
+    "gen_f1_full",
+    "gen_f1",
+    "gen_equal_full",
+    "gen_exit_layer_mean",
+    "gen_flops_ratio",
+    "gen_tokens_per_s_full",
+    "gen_tokens_per_s",
+    "gen_risk_certified",
 )
 METRICS = (
     "acc_full",
@@ -56,6 +72,7 @@ METRICS = (
     "oracle_gold_flops_ratio",
     "prompts_truncated",
     "demos_dropped",
+    *GEN_METRICS,
 )
 # The paper's task groups; every other task (Function Vectors, generated rules) is "rules".
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -141,6 +158,8 @@ def _row(run: Run) -> dict[str, Any]:
         "fit_tasks": params.get("fit_tasks", "own"),
         "fit_model": params.get("fit_model", model),
         "fit_include_own": params.get("fit_include_own"),
+        "probe": params.get("probe"),
+        "gen_kv_fill": tags.get("gen_kv_fill"),
     }
     return row | {m: metrics.get(m) for m in METRICS}
 
@@ -195,8 +214,9 @@ def load_runs(
     """Finished per-task AdaInfer runs of ``experiment`` as a DataFrame, one row per run.
 
     ``tags`` keeps runs carrying all of them (e.g. ``{"sweep_dir": ...}``); ``parent`` keeps the
-    nested runs of that suite run. Columns: ids, the params (``shots`` as int), the scalar
-    metrics, ``group`` (qa / classification / rules) and ``fit_setting``.
+    nested runs of that suite run. Columns: ids, the params (``shots`` as int), the tag
+    ``gen_kv_fill``, the scalar metrics (``gen_*`` empty where a run generated nothing),
+    ``group`` (qa / classification / rules) and ``fit_setting``.
     """
     client = client_for(tracking_uri)
     exp_id = experiment_id(client, experiment)

@@ -2,7 +2,8 @@
 
 Every table is a flat DataFrame: key columns (model, shots, ...) then value columns named
 ``<column>/<metric>`` after the MLflow metric they hold (``sst2/acc``, ``Avg/flops_ratio``,
-``crf/acc``), so a cell can be traced back to a run by name. Runs that share every key (seeds,
+``crf/acc``), so a cell can be traced back to a run by name; the generation table, which
+pivots nothing, names its columns after the metrics themselves. Runs that share every key (seeds,
 repeats) are averaged, and the table says so. A table whose inputs are missing from the
 selection is skipped with a one-line reason instead of failing the report.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from adainfer.report.runs import FIT_SETTINGS, GROUP_ORDER, task_order
+from adainfer.report.runs import FIT_SETTINGS, GEN_METRICS, GROUP_ORDER, task_order
 
 MAIN_METRICS = ("acc_full", "acc", "flops_ratio")
 POLICY_METRICS = ("acc", "flops_ratio")
@@ -195,6 +196,40 @@ def factor_table(runs: pd.DataFrame) -> Tables:
     return Tables([Table("factors", title, table, _averaged_note(averaged))])
 
 
+GEN_KEYS = ["model", "task", "shots", "classifier", "probe", "feature_set", "gen_kv_fill"]
+
+
+def generation_table(runs: pd.DataFrame) -> Tables:
+    """Generated answers (``task.generate=true``): the full model's and the early-exit ones.
+
+    A row per model x task x shots x classifier x probe x feature set x ``gen_kv_fill`` (how the
+    layers an exited token skipped got its K/V); only runs that logged ``gen_em`` and
+    fitted their classifier on their own task take part. Columns are the ``gen_*`` metrics of
+    :data:`GEN_METRICS` that some of those runs logged (``gen_f1``: SQuAD only), in its order.
+    """
+    if "gen_em" not in runs or runs.gen_em.isna().all():
+        return Tables(skipped={"generation": "no run generated its answers (task.generate=true)"})
+    generated = runs[runs.gen_em.notna()]
+    chosen = generated[generated.fit_setting == "intra"]
+    if chosen.empty:
+        return Tables(skipped={"generation": "no generating run fitted on its own task"})
+    metrics = [m for m in GEN_METRICS if m in chosen and chosen[m].notna().any()]
+    grouped = chosen.groupby(GEN_KEYS, dropna=False)
+    table = sort_rows(grouped[metrics].mean().reset_index(), GEN_KEYS)
+    notes = [
+        "`gen_*_full`: the full model's answers; the other `gen_*`: the policy's, exiting token "
+        "by token (`gen_exit_layer_mean`: over the tokens after the first, which the prefill "
+        "reads in full)"
+    ]
+    notes += _averaged_note(bool((grouped.size() > 1).any()))
+    if len(chosen) < len(generated):
+        notes.append(
+            f"{len(generated) - len(chosen)} run(s) fitted on other tasks or models left out"
+        )
+    title = "Generated answers (task.generate=true): full model and early exit"
+    return Tables([Table("generation", title, table, notes)])
+
+
 def build_tables(runs: pd.DataFrame) -> Tables:
     """All report tables from ``load_runs`` output, in the paper's order, with skip reasons."""
     result = Tables()
@@ -204,6 +239,7 @@ def build_tables(runs: pd.DataFrame) -> Tables:
         classifier_table(runs),
         generalization_table(runs),
         factor_table(runs),
+        generation_table(runs),
     ]
     for part in parts:
         result.tables += part.tables
