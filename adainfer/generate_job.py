@@ -86,7 +86,10 @@ def _timed(
     return out, time.perf_counter() - start
 
 
-def _scores(texts: Sequence[str], examples: Sequence[Example], squad: bool) -> dict[str, float]:
+def answer_scores(
+    texts: Sequence[str], examples: Sequence[Example], squad: bool
+) -> dict[str, float]:
+    """Mean exact match (and SQuAD's F1 with ``squad``) of ``texts`` against the golds."""
     pairs = list(zip(texts, examples, strict=True))
     if not squad:
         return {"em": float(np.mean([exact_match_strict(t, e.golds) for t, e in pairs]))}
@@ -198,8 +201,8 @@ def generation_metrics(
     args = (input_ids, max_new_tokens, kv_fill, batch_size)
     full, full_s = _timed(EarlyExitEngine(loaded, NeverExit(), probe), *args)
     early, early_s = _timed(EarlyExitEngine(loaded, policy, probe), *args)
-    metrics = {f"gen_{k}_full": v for k, v in _scores(full.text, examples, squad).items()}
-    metrics |= {f"gen_{k}": v for k, v in _scores(early.text, examples, squad).items()}
+    metrics = {f"gen_{k}_full": v for k, v in answer_scores(full.text, examples, squad).items()}
+    metrics |= {f"gen_{k}": v for k, v in answer_scores(early.text, examples, squad).items()}
     same = [a == b for a, b in zip(early.text, full.text, strict=True)]
     metrics["gen_equal_full"] = float(np.mean(same))
     later = np.concatenate([w.exit_layer[1:] for w in early.work])
