@@ -43,7 +43,14 @@ from adainfer.policies import ExitPolicy
 from adainfer.policies.base import NeverExit
 from adainfer.probes import Probe
 from adainfer.records import LayerRecords
-from adainfer.risk import Calibration, RiskLimit, certify, check_calibratable, risk_upper_bound
+from adainfer.risk import (
+    Calibration,
+    RiskLimit,
+    candidate_thresholds,
+    certify,
+    check_calibratable,
+    risk_upper_bound,
+)
 from adainfer.tasks.base import Example
 from adainfer.timing import synchronize
 
@@ -121,6 +128,20 @@ def answer_losses(
     return (full_right & ~early_right).astype(np.int64)
 
 
+def answer_candidates(policy: ExitPolicy, train: LayerRecords, fine: int, grid: int) -> np.ndarray:
+    """At most ``grid`` thresholds for whole answers, most cautious first: the first-token
+    candidates (:func:`adainfer.risk.candidate_thresholds`, ``fine`` quantiles of the train
+    scores) taken at geometrically spaced ranks 1, 2, 4, ...: each costs a generation of the
+    calibration split, and an answer of several tokens changes once any of them exits early, so
+    the cautious end, where the certified thresholds lie, is sampled densely. Fixed on ``train``
+    alone, as fixed-sequence testing requires."""
+    finite = candidate_thresholds(policy, train, fine)[1:]
+    if finite.size <= grid:
+        return finite
+    ranks = np.unique(np.round(np.geomspace(1, finite.size, grid)).astype(int)) - 1
+    return finite[ranks]
+
+
 def calibrate_answers(
     loaded: Any,
     policy: ExitPolicy,
@@ -137,8 +158,8 @@ def calibrate_answers(
     """Set ``policy``'s threshold so that, w.p. ≥ 1 − δ, the generated answers lose at most ε
     (``answers``: see :func:`answer_losses`): Learn-then-Test on whole answers, generated for
     the calibration prompts ``input_ids`` (their instances ``examples``) at each candidate
-    threshold, as :func:`adainfer.risk.certify` walks them; at most ``grid`` candidates, each
-    one generation of the calibration split, fixed on ``train`` before any is generated.
+    threshold, as :func:`adainfer.risk.certify` walks them; at most ``grid`` candidates
+    (:func:`answer_candidates`), each one generation of the calibration split.
     ``generation``: (max_new_tokens, kv_fill, batch_size, squad), as the test's."""
     check_calibratable(policy)
     if not input_ids:
@@ -152,7 +173,7 @@ def calibrate_answers(
     args = (input_ids, max_new, STOP, kv_fill, batch_size)
     full = generate(EarlyExitEngine(loaded, NeverExit(), probe), *args).text
     # the first token's loss (flip or drop) for the metric; equal is 0/1 under any bound
-    tested = replace(limit, grid=grid, loss="flip" if answers == "equal" else limit.loss)
+    tested = replace(limit, loss="flip" if answers == "equal" else limit.loss)
 
     def losses_at(threshold: float) -> np.ndarray:
         early = generate(EarlyExitEngine(loaded, policy, probe), *args).text
@@ -163,7 +184,10 @@ def calibrate_answers(
         return values
 
     prices = read_prices(loaded.config, probe)
-    chosen, values, p_chosen, rejected = certify(policy, train, tested, losses_at, prices)
+    candidates = answer_candidates(policy, train, limit.grid, grid)
+    chosen, values, p_chosen, rejected = certify(
+        policy, train, tested, losses_at, prices, candidates
+    )
     values = np.zeros(len(input_ids), dtype=np.int64) if values is None else values
     return Calibration(
         threshold=chosen,

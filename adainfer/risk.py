@@ -206,17 +206,22 @@ def certify(
     limit: RiskLimit,
     losses_at: Callable[[float], np.ndarray],
     prices: ReadPrices | None = None,
+    candidates: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray | None, float, int]:
     """Fixed-sequence testing (the module's docstring): walk ``policy``'s candidates, the most
     cautious first, each set on the policy in turn (``policy.threshold`` and, with
     ``schedule="auto"``, the schedule chosen for it on ``train``), and test the calibration
     losses ``losses_at(threshold)`` gives there; stop at the first failure. Leaves the policy
     at the most aggressive threshold rejected (+inf when none) and returns it, its losses
-    (None for +inf), its p-value and how many were rejected."""
+    (None for +inf), its p-value and how many were rejected. ``candidates``: the finite
+    thresholds to walk, most cautious first (default: :func:`candidate_thresholds` with
+    ``limit.grid``), fixed before any calibration loss is seen."""
     auto = policy.schedule == "auto"
     train_scores = policy.scores(train) if auto else None
     chosen, l_chosen, p_chosen, tested = np.inf, None, 1.0, 0
-    for threshold in candidate_thresholds(policy, train, limit.grid)[1:]:
+    if candidates is None:
+        candidates = candidate_thresholds(policy, train, limit.grid)[1:]
+    for threshold in candidates:
         if auto and not policy.choose_schedule(train, prices, threshold, train_scores):
             continue  # asked nowhere (chosen on the train split alone): the full model, as +inf
         policy.threshold = float(threshold)

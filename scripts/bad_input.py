@@ -99,6 +99,9 @@ def cases(bad_data: Path) -> list[Case]:
         Case("generate max_new_tokens=0", [*gen, "task.max_new_tokens=0"]),
         Case("generate negative max_new_tokens", [*gen, "task.max_new_tokens=-4"]),
         Case("generate past the context", [*gen, "task.max_new_tokens=100000"], "data"),
+        Case("generate risk.answers, no generation", [*tiny, "risk.answers=equal"]),
+        Case("generate risk.answers without epsilon", [*gen, "risk.answers=equal"]),
+        Case("generate unknown risk.answers", [*gen, "risk.answers=all", "risk.epsilon=0.1"]),
     ]
 
 

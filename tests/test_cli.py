@@ -69,6 +69,42 @@ def test_multirun_sweep_one_finished_run_per_point(tmp_path):
     assert runs["tags.sweep_dir"].nunique() == 1
 
 
+def test_multirun_sweep_of_a_generating_suite(tmp_path, data_dir):
+    """``-m`` over kv_fill on the rules suite with task.generate=true: per point a parent run and
+    a run per member, all FINISHED; every member run has generated and scored its answers, and
+    the parent holds the members' generation metrics."""
+    members = ["country-capital", "english-french"]
+    proc = run_py(
+        [
+            "-m",
+            "model=tiny_llama",
+            "task=rules",
+            f"task.tasks=[{','.join(members)}]",
+            f"task.data_dir={data_dir}",
+            "task.generate=true",
+            "task.max_new_tokens=4",
+            "shots=1",
+            "task.n_train=12",
+            "task.n_test=6",
+            "classifier=gap",
+            "kv_fill=propagate,recompute",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = runs_in(tmp_path)
+    assert len(runs) == 2 * (1 + len(members)) and set(runs.status) == {"FINISHED"}
+    children = runs[runs["params.suite"].notna()]
+    assert sorted(children["params.task"]) == sorted(members * 2)
+    assert sorted(children["tags.gen_kv_fill"]) == ["propagate"] * 2 + ["recompute"] * 2
+    for key in ("gen_em", "gen_em_full", "gen_equal_full", "gen_flops_ratio"):
+        assert children[f"metrics.{key}"].notna().all(), key
+    parents = runs[runs["params.suite"].isna()]
+    for member in members:
+        assert parents[f"metrics.{member}/gen_em"].notna().all()
+    assert "generation: " in proc.stderr  # the generation verdict line, per member
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [

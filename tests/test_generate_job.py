@@ -155,8 +155,8 @@ def test_answers_are_certified_at_the_threshold_where_the_walk_stops(tiny_llama,
     from test_generate import mid_gap
 
     from adainfer.engine import EarlyExitEngine, generate
-    from adainfer.generate_job import STOP, answer_losses, calibrate_answers
-    from adainfer.risk import RiskLimit, candidate_thresholds, risk_p_value
+    from adainfer.generate_job import STOP, answer_candidates, answer_losses, calibrate_answers
+    from adainfer.risk import RiskLimit, risk_p_value
     from adainfer.tasks.base import Example
 
     ids, examples = _antonyms(tiny_llama, data_dir, 24)
@@ -173,7 +173,8 @@ def test_answers_are_certified_at_the_threshold_where_the_walk_stops(tiny_llama,
     cal = calibrate_answers(
         tiny_llama, policy, None, train, ids, examples, limit, answers, 8, settings
     )
-    candidates = candidate_thresholds(policy, train, 8)
+    candidates = answer_candidates(policy, train, limit.grid, 8)
+    assert len(candidates) == 8 and (np.diff(candidates) < 0).all()
 
     def at(threshold: float) -> np.ndarray:
         engine = EarlyExitEngine(tiny_llama, GapThreshold(threshold=threshold))
@@ -182,11 +183,11 @@ def test_answers_are_certified_at_the_threshold_where_the_walk_stops(tiny_llama,
         return answer_losses(early, full.text, examples, answers, limit.loss, False)
 
     assert cal.n == 24 and policy.threshold == cal.threshold
-    assert cal.tested == int(np.sum(candidates[1:] >= cal.threshold))
+    assert cal.tested == int(np.sum(candidates >= cal.threshold))
     if cal.certified:
         assert at(cal.threshold).sum() == cal.losses and cal.p_value <= limit.delta
-    assert cal.tested < len(candidates) - 1, "a loss-free last candidate: nothing to stop at"
-    following = candidates[1 + cal.tested]
+    assert cal.tested < len(candidates), "a loss-free last candidate: nothing to stop at"
+    following = candidates[cal.tested]
     assert risk_p_value(at(following), limit) > limit.delta
     assert at(np.inf).sum() == 0
 

@@ -33,8 +33,8 @@ OPTIONS = [
 # from (train, as before; SST-2: its test split), and that they generate nothing (generate:
 # false, max_new_tokens: 16 for when they do), and the job config names the generation's
 # kv_fill (propagate; read only when a task generates) and risk control what it bounds of
-# generated answers (answers: null, answer_grid: 20; read only then too). classifier=state is new since the
-# snapshot: its entry was taken when it was added, in the snapshot's shape.
+# generated answers (answers: null, answer_grid: 20; read only then too). classifier=state is
+# new since the snapshot: its entry was taken when it was added, in the snapshot's shape.
 THRESHOLD_SHOWN = ("adainfer.policies.SVMPolicy", "adainfer.policies.CRFPolicy")
 FAMILY = {"llama2_7b": "llama", "llama2_13b": "llama", "llama2_70b": "llama", "opt_13b": "opt"}
 

@@ -56,6 +56,7 @@ GEN_METRICS = (
     "gen_equal_full",
     "gen_exit_layer_mean",
     "gen_flops_ratio",
+    "gen_flops_ratio_with_prefill",
     "gen_tokens_per_s_full",
     "gen_tokens_per_s",
     "gen_risk_certified",
