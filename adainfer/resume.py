@@ -25,6 +25,8 @@ import json
 
 from omegaconf import DictConfig, OmegaConf
 
+from adainfer.settings import generates
+
 CONFIG_HASH = "adainfer.config_hash"
 # Top-level keys that do not change a job's results (module docstring).
 NOT_HASHED = ("mlflow", "traces", "stage", "resume", "hydra")
@@ -42,22 +44,13 @@ def config_hash(cfg: DictConfig) -> str:
     that does not generate: equal for jobs with equal results."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     kept = {key: value for key, value in plain.items() if key not in NOT_HASHED}
-    if not _generates(kept.get("task")):
+    if not generates(kept.get("task")):
         kept.pop("kv_fill", None)
         for key in GENERATION_RISK_KEYS:
             (kept.get("risk") or {}).pop(key, None)
     _drop_idle_generation_keys(kept.get("task"))
     payload = json.dumps(kept, sort_keys=True, default=str).encode()
     return hashlib.sha256(payload).hexdigest()[:20]
-
-
-def _generates(task) -> bool:
-    """Whether the task node, or any member of a suite, generates its answers."""
-    if not isinstance(task, dict):
-        return False
-    members = task.get("tasks")
-    nested = members.values() if isinstance(members, dict) else ()
-    return bool(task.get("generate")) or any(_generates(m) for m in nested)
 
 
 def _drop_idle_generation_keys(task) -> None:
