@@ -46,6 +46,9 @@ exchangeable with the train phrases, leaving 472 of its 872 for test):
         --task-overrides sst2:task.calibration_from=test sst2:task.n_test=472 \\
         --epsilon 0.01 --delta 0.1 --resplits 20 --experiment risk-exits --out docs/risk/exits
 
+docs/risk/exits/ holds it as it was run, in three invocations (SmolLM2; Gemma-3's rules and
+SST-2; Gemma-3's AG News), with docs/RISK.md's section "Exits that pay?" reading it.
+
 The study as docs/risk/ holds it (the first eight methods):
 
     ADAINFER_DATA_DIR=../shared/data python scripts/risk_study.py --methods original \\
