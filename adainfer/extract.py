@@ -81,14 +81,28 @@ def prepare_calibration(
     return _encode(task, splits.calibration, splits.train, loaded, shots, seed + 2, max_length)
 
 
+def prepare_fit(
+    task: Task,
+    splits: Splits,
+    loaded: LoadedModel,
+    shots: int,
+    seed: int,
+    max_length: int | None = None,
+) -> EncodedPrompts:
+    """Prompts of the fit split (``task.n_fit``; demonstrations from train, as for test)."""
+    return _encode(task, splits.fit, splits.train, loaded, shots, seed + 3, max_length)
+
+
 @dataclass
 class FitSource:
-    """Train prompts the policy is fitted on: of ``task``, for ``model`` (the evaluated model,
-    or ``fit.model``), read through that model's probe."""
+    """Prompts the policy is fitted on: of ``task``'s ``split`` (its train sample, or its fit
+    split, ``task.n_fit``), for ``model`` (the evaluated model, or ``fit.model``), read through
+    that model's probe."""
 
     task: str
     prompts: EncodedPrompts
     other_model: bool = False
+    split: str = "train"
 
 
 @dataclass
@@ -280,7 +294,7 @@ class Extractor:
         parts = []
         for source in prompts.fit:
             reader, read_by = (other, fit_probe) if source.other_model else (model, probe)
-            parts.append(self.records(reader, source.task, "train", source.prompts, read_by))
+            parts.append(self.records(reader, source.task, source.split, source.prompts, read_by))
         test = self.records(model, name, "test", prompts.test, probe)
         calibration = None
         if prompts.calibration is not None:

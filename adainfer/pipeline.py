@@ -49,6 +49,7 @@ from adainfer.extract import (
     TraceSet,
     prepare,
     prepare_calibration,
+    prepare_fit,
 )
 from adainfer.generate_job import calibrate_answers, check_lengths, generation_metrics
 from adainfer.interrupts import Interrupted, ending_on_signals
@@ -156,12 +157,16 @@ def _task_prompts(cfg: DictConfig, job_inputs: JobInputs, model, fit_model, limi
         if with_calibration and splits[name].calibration:
             calibration = prepare_calibration(member, splits[name], model, shots, seed, length)
         own_other = train_only(member, splits[name], fit_model) if fit_model else None
+        own = [FitSource(name, train)]
+        if splits[name].fit:  # task.n_fit: more training pairs, the same demonstrations
+            fitting = prepare_fit(member, splits[name], model, shots, seed, length)
+            own.append(FitSource(name, fitting, split="fit"))
         if sources:
-            fit = sources + ([FitSource(name, train)] if cfg.fit.include_own else [])
+            fit = sources + (own if cfg.fit.include_own else [])
         elif fit_model:
             fit = [FitSource(name, own_other, other_model=True)]
         else:
-            fit = [FitSource(name, train)]
+            fit = own
         out[name] = TaskPrompts(name, train, test, calibration, fit, lens_train=own_other)
     return out
 
@@ -248,10 +253,12 @@ def _sizes(job: Job, name: str) -> dict[str, int | str]:
     requested["n_calibration_requested"] = getattr(member, "n_calibration", 0)
     if n_cal:  # where the calibration split came from (a generated task: its train split)
         requested["calibration_from"] = getattr(member, "calibration_from", "train")
+    n_fit = sum(len(s.prompts.input_ids) for s in prompts.fit if s.split == "fit")
     return {
         "n_train": len(prompts.train.input_ids),
         "n_test": len(prompts.test.input_ids),
         "n_calibration": n_cal,
+        "n_fit": n_fit,
     } | requested
 
 

@@ -37,6 +37,9 @@ NOT_HASHED = ("mlflow", "traces", "stage", "resume", "hydra")
 # still resume.
 GENERATION_TASK_KEYS = ("generate", "max_new_tokens")
 GENERATION_RISK_KEYS = ("answers", "answer_grid")  # risk.*: only generated answers use them
+# Task keys added later whose default changes nothing: a task at the default is hashed without
+# them, as before they existed (task.n_fit=0: the policy fits on the train sample alone).
+LATER_TASK_DEFAULTS = {"n_fit": 0}
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -54,12 +57,16 @@ def config_hash(cfg: DictConfig) -> str:
 
 
 def _drop_idle_generation_keys(task) -> None:
-    """Remove :data:`GENERATION_TASK_KEYS` from every task node that does not generate."""
+    """Remove :data:`GENERATION_TASK_KEYS` from every task node that does not generate, and
+    :data:`LATER_TASK_DEFAULTS` from every task node at their default."""
     if not isinstance(task, dict):
         return
     if not task.get("generate"):
         for key in GENERATION_TASK_KEYS:
             task.pop(key, None)
+    for key, default in LATER_TASK_DEFAULTS.items():
+        if key in task and task[key] == default:
+            del task[key]
     members = task.get("tasks")
     for member in members.values() if isinstance(members, dict) else ():
         _drop_idle_generation_keys(member)

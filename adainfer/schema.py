@@ -173,6 +173,7 @@ class DataTaskSchema(_Task):
     calibration_from: Any = "train"  # or test: carve the calibration split out of the test split
     n_train: Any = 200  # null = all
     n_test: Any = 200
+    n_fit: Any = 0  # held-out train instances the exit classifier is also fitted on
     generate: Any = False  # true: also generate the test answers, scored as text (squad, FV)
     max_new_tokens: Any = 16  # the longest generated answer, in tokens
 

@@ -161,6 +161,7 @@ TASK: dict[str, Rule] = {
     "n_train": COUNT,
     "n_test": COUNT,
     "n_calibration": Rule(_int(0), "a whole number >= 0", "500"),
+    "n_fit": Rule(_int(0), "a whole number >= 0", "2000"),
     "split_seed": Rule(_int(), "a whole number", "42"),
     "calibration_from": Rule(
         _one_of(CALIBRATION_SOURCES), f"one of {list(CALIBRATION_SOURCES)}", "test"

@@ -177,6 +177,16 @@ def test_generation_settings_count_only_for_a_job_that_generates():
         assert config_hash(compose_cfg([*squad, override])) != generating, override
 
 
+def test_a_fit_split_counts_only_when_asked_for():
+    """task.n_fit=0 (the default) hashes as before the key existed; any other value counts."""
+    for job in (["task=sst2"], ["task=ag_news"]):
+        cfg = compose_cfg([*QUICK_JOB, *job])
+        before = OmegaConf.to_container(cfg)
+        assert before["task"].pop("n_fit") == 0
+        assert config_hash(cfg) == config_hash(OmegaConf.create(before)), job
+        assert config_hash(compose_cfg([*QUICK_JOB, *job, "task.n_fit=5"])) != config_hash(cfg)
+
+
 def test_resume_returns_the_finished_runs_metrics_and_opens_no_run(tracking_uri, tmp_path):
     at = [f"mlflow.tracking_uri={tracking_uri}", "mlflow.experiment=resume_in_process"]
     first = pipeline.run(compose_cfg([*QUICK_JOB, *at, f"traces.dir={tmp_path / 'a'}"]))

@@ -469,3 +469,30 @@ def test_calibration_from_test_needs_test_instances_left(data_dir):
     assert "task.calibration_from=train" in str(err.value)
     with pytest.raises(AdaInferError, match="calibration_from='tset' is not one of"):
         SST2Task(data_dir=str(data_dir), n_calibration=10, calibration_from="tset").load()
+
+
+@pytest.mark.parametrize("source", ["train", "test"])
+def test_the_fit_split_is_held_out_and_moves_no_other_split(data_dir, source):
+    """task.n_fit adds training pairs for the exit classifier: instances of the train split
+    that are neither demonstrations nor calibration, and adding them changes no other split
+    (so every stored trace of those splits stays valid)."""
+    sizes = {"data_dir": str(data_dir), "n_train": 20, "n_test": 100, "n_calibration": 50}
+    plain = AGNewsTask(**sizes, calibration_from=source).load()
+    more = AGNewsTask(**sizes, calibration_from=source, n_fit=300).load()
+    assert (more.train, more.test, more.calibration) == (plain.train, plain.test, plain.calibration)
+    assert len(more.fit) == 300 and not plain.fit
+    held = {(e.input, e.output) for e in more.train + more.calibration}
+    assert not {(e.input, e.output) for e in more.fit} & held
+    assert len({(e.input, e.output) for e in more.fit}) > 290  # distinct rows, not one repeated
+
+
+def test_the_fit_split_names_what_is_missing(data_dir, caplog):
+    with pytest.raises(AdaInferError, match="task.n_fit needs held-out train instances") as err:
+        AGNewsTask(data_dir=str(data_dir), n_train=None, n_fit=10).load()
+    assert "task.n_train=100 task.n_fit=10" in str(err.value)
+    pool = len(AGNewsTask(data_dir=str(data_dir), n_train=None).load().train)
+    with pytest.raises(AdaInferError, match="none of its .* train instances is left"):
+        AGNewsTask(data_dir=str(data_dir), n_train=pool - 10, n_calibration=10, n_fit=5).load()
+    with caplog.at_level("WARNING", logger="adainfer.tasks.data"):
+        short = AGNewsTask(data_dir=str(data_dir), n_train=pool - 10, n_fit=50).load()
+    assert len(short.fit) == 10 and "task.n_fit=50 asks for more" in caplog.text

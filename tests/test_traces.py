@@ -171,6 +171,38 @@ def test_generalization_settings(tracking_uri, tmp_path):
     assert runs["params.fit_model"].tolist() == ["tiny_llama", "tiny_llama", "tiny_opt"]
 
 
+def test_a_fit_split_adds_training_pairs_and_reuses_every_other_trace(
+    tracking_uri, tmp_path, data_dir
+):
+    """task.n_fit: the state head is fitted on the train sample and the fit split; the train,
+    test and calibration traces of the same job without it are read back, not recomputed, and
+    the test answers do not change."""
+    task = [
+        "task=function_vectors",
+        "task.name=antonym",
+        f"task.data_dir={data_dir}",
+        "task.n_calibration=10",
+        "risk.epsilon=0.5",
+        "classifier=state",
+    ]
+    plain = pipeline.run(_cfg(tracking_uri, tmp_path, "fitsplit", *task))
+    store = tmp_path / "traces"
+    before = {p.name for p in store.glob("*.parquet")}
+    more = pipeline.run(_cfg(tracking_uri, tmp_path, "fitsplit", *task, "task.n_fit=12"))
+    added = {p.name for p in store.glob("*.parquet")} - before
+    assert added and all(name.startswith("antonym-fit-") for name in added)
+    assert more["acc_full"] == plain["acc_full"]
+    runs = _runs(tracking_uri, "fitsplit")
+    assert runs["params.n_fit"].tolist() == ["0", "12"]
+    import mlflow
+    import pandas as pd
+
+    client = mlflow.MlflowClient(tracking_uri)
+    for run, n in zip(runs.run_id, (16, 16 + 12), strict=True):
+        table = pd.read_parquet(client.download_artifacts(run, "layer_features.parquet"))
+        assert table[table.split == "fit"].groupby("instance").ngroups == n
+
+
 def test_cosine_features_match_library_hidden_states(tiny_llama):
     enc = tiny_llama.tokenizer(["Q: b\nA: c\n\nQ: e\nA:"], return_tensors="pt")
     feats = probe_layers(tiny_llama.parts, enc.input_ids, enc.attention_mask)

@@ -31,11 +31,14 @@ class Example:
 @dataclass
 class Splits:
     """Train (fits the exit classifier and supplies demonstrations), test (evaluated) and, when
-    asked for, calibration (held out from train; sets risk-controlled thresholds)."""
+    asked for, calibration (held out from train; sets risk-controlled thresholds) and fit (held
+    out from train after calibration; the exit classifier is fitted on it too, ``task.n_fit``).
+    """
 
     train: list[Example]
     test: list[Example]
     calibration: list[Example] = field(default_factory=list)
+    fit: list[Example] = field(default_factory=list)
 
 
 class Task(Protocol):

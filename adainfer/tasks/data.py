@@ -7,6 +7,7 @@ Hugging Face hub otherwise (see :mod:`adainfer.tasks.hub`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from adainfer.errors import AdaInferError
 from adainfer.settings import CALIBRATION_SOURCES
 from adainfer.tasks.base import Example, Splits, cap, check_examples, hold_out, shuffled_split
 from adainfer.tasks.prompts import PromptTemplate
+
+log = logging.getLogger(__name__)
 
 DATA_ENV = "ADAINFER_DATA_DIR"
 
@@ -121,9 +124,47 @@ def calibrated_splits(task: DataTask, pool: list[Example], tests: list[Example])
     if calibration_source(task) == "test":
         train = cap(pool, task.n_train, task.name, "train")
         calibration, tests = held_out_test(task, tests)
+        used = len(train)
     else:
         train, calibration = hold_out(task.name, pool, task.n_train, task.n_calibration)
-    return Splits(train, cap(tests, task.n_test, task.name, "test"), calibration)
+        used = len(train) + len(calibration)
+    fit = held_out_fit(task, pool, used)
+    return Splits(train, cap(tests, task.n_test, task.name, "test"), calibration, fit)
+
+
+def held_out_fit(task: DataTask, pool: list[Example], used: int) -> list[Example]:
+    """``task.n_fit``: the train instances right after the first ``used`` of the shuffled
+    ``pool`` (the train sample, then the calibration split when it is held out of train), so
+    never a demonstration nor a calibration instance, and adding them changes neither split.
+    The exit classifier is fitted on them as well as on the train sample."""
+    n = task.n_fit
+    if n < 0:
+        raise AdaInferError(f"task.n_fit={n} is negative", "use 0 or more")
+    if not n:
+        return []
+    if task.n_train is None:
+        raise AdaInferError(
+            f"task {task.name!r}: task.n_fit needs held-out train instances, but n_train is "
+            "unset, so the whole train split is already the train sample",
+            f"set task.n_train too, e.g. task.n_train=100 task.n_fit={n}",
+        )
+    fit = pool[used : used + n]
+    if not fit:
+        raise AdaInferError(
+            f"task {task.name!r}: none of its {len(pool)} train instances is left for "
+            f"task.n_fit={n} after the train sample and the calibration split ({used})",
+            "lower task.n_train or task.n_calibration, or use task.n_fit=0",
+        )
+    if len(fit) < n:
+        log.warning(
+            "task %r: task.n_fit=%d asks for more than the %d train instances left after the "
+            "train sample and the calibration split; using %d",
+            task.name,
+            n,
+            len(fit),
+            len(fit),
+        )
+    return fit
 
 
 def calibration_source(task: DataTask) -> str:
@@ -162,6 +203,9 @@ class DataTask:
     n_train: int | None = None  # cap on train instances (None: all)
     n_test: int | None = None  # cap on test instances (None: all)
     n_calibration: int = 0  # held-out train instances for risk control (after the train sample)
+    # Held-out train instances (after the train sample and calibration) the exit classifier is
+    # fitted on as well: more training pairs without changing any prompt's demonstrations.
+    n_fit: int = 0
     # Where the calibration split comes from: ``train`` (held out after the train sample) or
     # ``test`` (the first n_calibration of the shuffled test split, the rest is tested): use
     # ``test`` when the train split is not drawn like the test split (SST-2: phrases vs.
