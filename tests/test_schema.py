@@ -120,3 +120,18 @@ def test_a_misspelt_added_key_exits_2_with_the_other_mistakes_before_any_run(tmp
     assert "unknown key task.n_trian" in proc.stderr and "did you mean task.n_train?" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("override", [o for o in OPTIONS if o.startswith("task=")])
+def test_every_task_with_a_fit_split_size_hands_it_to_what_it_builds(override, data_dir):
+    """task.n_fit reaches every task that takes it, a suite's members too."""
+    from adainfer.job import build
+
+    cfg = compose_cfg([override])
+    if "n_fit" not in cfg.task:  # generated tasks (next_item) hold no fit split
+        assert override.startswith("task=synthetic_"), override
+        return
+    cfg.task.n_fit = 3
+    task = build(cfg.task, "task")
+    members = getattr(task, "tasks", None) or {"": task}
+    assert {m.n_fit for m in members.values()} == {3}, override
