@@ -124,14 +124,20 @@ def test_a_misspelt_added_key_exits_2_with_the_other_mistakes_before_any_run(tmp
 
 @pytest.mark.parametrize("override", [o for o in OPTIONS if o.startswith("task=")])
 def test_every_task_with_a_fit_split_size_hands_it_to_what_it_builds(override, data_dir):
-    """task.n_fit reaches every task that takes it, a suite's members too."""
+    """task.n_fit reaches every task that takes it: set on a list suite (rules) for all its
+    members, or on each member node of a suite of nodes (classification, qa)."""
+    from omegaconf import DictConfig
+
     from adainfer.job import build
 
     cfg = compose_cfg([override])
-    if "n_fit" not in cfg.task:  # generated tasks (next_item) hold no fit split
+    nodes = cfg.task.tasks.values() if isinstance(cfg.task.get("tasks"), DictConfig) else []
+    nodes = [n for n in [cfg.task, *nodes] if "n_fit" in n]
+    if not nodes:  # generated tasks (next_item) hold no fit split
         assert override.startswith("task=synthetic_"), override
         return
-    cfg.task.n_fit = 3
+    for node in nodes:
+        node.n_fit = 3
     task = build(cfg.task, "task")
     members = getattr(task, "tasks", None) or {"": task}
     assert {m.n_fit for m in members.values()} == {3}, override
