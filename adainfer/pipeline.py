@@ -159,6 +159,7 @@ def _task_prompts(cfg: DictConfig, job_inputs: JobInputs, model, fit_model, limi
         own_other = train_only(member, splits[name], fit_model) if fit_model else None
         own = [FitSource(name, train)]
         if splits[name].fit:  # task.n_fit: more training pairs, the same demonstrations
+            _check_fit_split_used(cfg, name)
             fitting = prepare_fit(member, splits[name], model, shots, seed, length)
             own.append(FitSource(name, fitting, split="fit"))
         if sources:
@@ -169,6 +170,23 @@ def _task_prompts(cfg: DictConfig, job_inputs: JobInputs, model, fit_model, limi
             fit = own
         out[name] = TaskPrompts(name, train, test, calibration, fit, lens_train=own_other)
     return out
+
+
+def _check_fit_split_used(cfg: DictConfig, task: str) -> None:
+    """A fit split (``task.n_fit``) feeds the policy only where the task's own train sample
+    does: refused, not ignored, where the policy learns from elsewhere."""
+    if cfg.fit.model:
+        raise AdaInferError(
+            f"task {task!r}: task.n_fit adds training pairs of the evaluated model, but "
+            "fit.model makes the policy learn from another model's records only",
+            "drop task.n_fit, or fit.model",
+        )
+    if cfg.fit.tasks and not cfg.fit.include_own:
+        raise AdaInferError(
+            f"task {task!r}: task.n_fit adds training pairs of this task, but fit.tasks "
+            "without fit.include_own makes the policy learn from the other tasks only",
+            "set fit.include_own=true, or drop task.n_fit",
+        )
 
 
 def compose(cfg: DictConfig, inputs: JobInputs | None = None) -> Job:

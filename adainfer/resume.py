@@ -51,12 +51,12 @@ def config_hash(cfg: DictConfig) -> str:
         kept.pop("kv_fill", None)
         for key in GENERATION_RISK_KEYS:
             (kept.get("risk") or {}).pop(key, None)
-    _drop_idle_generation_keys(kept.get("task"))
+    _drop_idle_task_keys(kept.get("task"))
     payload = json.dumps(kept, sort_keys=True, default=str).encode()
     return hashlib.sha256(payload).hexdigest()[:20]
 
 
-def _drop_idle_generation_keys(task) -> None:
+def _drop_idle_task_keys(task) -> None:
     """Remove :data:`GENERATION_TASK_KEYS` from every task node that does not generate, and
     :data:`LATER_TASK_DEFAULTS` from every task node at their default."""
     if not isinstance(task, dict):
@@ -69,4 +69,4 @@ def _drop_idle_generation_keys(task) -> None:
             del task[key]
     members = task.get("tasks")
     for member in members.values() if isinstance(members, dict) else ():
-        _drop_idle_generation_keys(member)
+        _drop_idle_task_keys(member)

@@ -203,6 +203,33 @@ def test_a_fit_split_adds_training_pairs_and_reuses_every_other_trace(
         assert table[table.split == "fit"].groupby("instance").ngroups == n
 
 
+@pytest.mark.parametrize(
+    ("elsewhere", "fix"),
+    [
+        (["+model@fit.model=tiny_opt"], "drop task.n_fit, or fit.model"),
+        (["+task@fit.tasks.prev=synthetic_prev_item"], "set fit.include_own=true"),
+    ],
+)
+def test_a_fit_split_the_policy_would_not_read_is_refused(
+    tracking_uri, tmp_path, data_dir, elsewhere, fix
+):
+    from adainfer.errors import AdaInferError
+
+    cfg = _cfg(
+        tracking_uri,
+        tmp_path,
+        "fitsplit_refused",
+        "task=function_vectors",
+        "task.name=antonym",
+        f"task.data_dir={data_dir}",
+        "task.n_fit=12",
+        *elsewhere,
+    )
+    with pytest.raises(AdaInferError, match="task.n_fit adds training pairs") as err:
+        pipeline.compose(cfg)
+    assert fix in str(err.value)
+
+
 def test_cosine_features_match_library_hidden_states(tiny_llama):
     enc = tiny_llama.tokenizer(["Q: b\nA: c\n\nQ: e\nA:"], return_tensors="pt")
     feats = probe_layers(tiny_llama.parts, enc.input_ids, enc.attention_mask)
