@@ -48,6 +48,10 @@ exchangeable with the train phrases, leaving 472 of its 872 for test):
 
 docs/risk/exits/ holds it as it was run, in three invocations (SmolLM2; Gemma-3's rules and
 SST-2; Gemma-3's AG News), with docs/RISK.md's section "Exits that pay?" reading it.
+docs/risk/exits_fit/ holds the follow-up on SmolLM2's SST-2 and AG News with a fit split
+(``--task-overrides sst2:task.n_fit=2000 ag_news:task.n_fit=1000``) for the state methods only:
+an overridden task's SVM methods would fit scikit-learn's RBF SVC on all those instances too,
+which takes minutes per job and grows its per-decision cost with its support vectors.
 
 The study as docs/risk/ holds it (the first eight methods):
 
