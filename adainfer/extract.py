@@ -69,28 +69,23 @@ def prepare(
     )
 
 
-def prepare_calibration(
+# Each split's demonstrations are drawn with a seed of its own (the test split's: seed + 1).
+_HELD_OUT_SEEDS = {"calibration": 2, "fit": 3}
+
+
+def prepare_held_out(
     task: Task,
     splits: Splits,
+    split: str,
     loaded: LoadedModel,
     shots: int,
     seed: int,
     max_length: int | None = None,
 ) -> EncodedPrompts:
-    """Prompts of the calibration split (demonstrations from train, as for test)."""
-    return _encode(task, splits.calibration, splits.train, loaded, shots, seed + 2, max_length)
-
-
-def prepare_fit(
-    task: Task,
-    splits: Splits,
-    loaded: LoadedModel,
-    shots: int,
-    seed: int,
-    max_length: int | None = None,
-) -> EncodedPrompts:
-    """Prompts of the fit split (``task.n_fit``; demonstrations from train, as for test)."""
-    return _encode(task, splits.fit, splits.train, loaded, shots, seed + 3, max_length)
+    """Prompts of a split held out of train, ``calibration`` or ``fit`` (``task.n_fit``), with
+    demonstrations from the train sample, as for test."""
+    examples, offset = getattr(splits, split), _HELD_OUT_SEEDS[split]
+    return _encode(task, examples, splits.train, loaded, shots, seed + offset, max_length)
 
 
 @dataclass

@@ -48,8 +48,7 @@ from adainfer.extract import (
     TaskPrompts,
     TraceSet,
     prepare,
-    prepare_calibration,
-    prepare_fit,
+    prepare_held_out,
 )
 from adainfer.generate_job import calibrate_answers, check_lengths, generation_metrics
 from adainfer.interrupts import Interrupted, ending_on_signals
@@ -65,7 +64,7 @@ from adainfer.tasks.suite import Suite
 from adainfer.tradeoff import tradeoff_curve
 
 __all__ = ["AVERAGED", "Job", "Outcome", "compose", "evaluate", "main", "prepare",
-           "prepare_calibration", "run", "score"]  # fmt: skip
+           "prepare_held_out", "run", "score"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +137,7 @@ def _task_prompts(cfg: DictConfig, job_inputs: JobInputs, model, fit_model, limi
     splits, fit_splits = job_inputs.splits, job_inputs.fit_splits
     other = fit_model or model
     shots, seed, length = cfg.shots, cfg.seed, cfg.context_length
+    encoding = (model, shots, seed, length)
 
     def train_only(task, split, loaded) -> EncodedPrompts:
         return prepare(task, Splits(split.train, []), loaded, shots, seed, length)[0]
@@ -152,15 +152,15 @@ def _task_prompts(cfg: DictConfig, job_inputs: JobInputs, model, fit_model, limi
     with_calibration = limit is not None or cfg.stage == "extract"
     out = {}
     for name, member in job_inputs.members.items():
-        train, test = prepare(member, splits[name], model, shots, seed, length)
+        train, test = prepare(member, splits[name], *encoding)
         calibration = None
         if with_calibration and splits[name].calibration:
-            calibration = prepare_calibration(member, splits[name], model, shots, seed, length)
+            calibration = prepare_held_out(member, splits[name], "calibration", *encoding)
         own_other = train_only(member, splits[name], fit_model) if fit_model else None
         own = [FitSource(name, train)]
         if splits[name].fit:  # task.n_fit: more training pairs, the same demonstrations
             _check_fit_split_used(cfg, name)
-            fitting = prepare_fit(member, splits[name], model, shots, seed, length)
+            fitting = prepare_held_out(member, splits[name], "fit", *encoding)
             own.append(FitSource(name, fitting, split="fit"))
         if sources:
             fit = sources + (own if cfg.fit.include_own else [])
