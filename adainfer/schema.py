@@ -184,6 +184,11 @@ class LabelledTaskSchema(DataTaskSchema):
 
 
 @dataclass
+class SST2Schema(LabelledTaskSchema):
+    train_rows: Any = "phrases"  # or sentences: the whole sentences of the train split only
+
+
+@dataclass
 class MMLUSchema(DataTaskSchema):
     subjects: Any = MISSING  # null = all 57
 
@@ -306,6 +311,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "schema/task": {
         "data": DataTaskSchema,
         "labelled": LabelledTaskSchema,
+        "sst2": SST2Schema,
         "mmlu": MMLUSchema,
         "squad": SquadSchema,
         "task_list_suite": TaskListSuiteSchema,

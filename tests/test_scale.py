@@ -183,8 +183,20 @@ def test_a_fit_split_counts_only_when_asked_for():
         cfg = compose_cfg([*QUICK_JOB, *job])
         before = OmegaConf.to_container(cfg)
         assert before["task"].pop("n_fit") == 0
+        before["task"].pop("train_rows", None)
         assert config_hash(cfg) == config_hash(OmegaConf.create(before)), job
         assert config_hash(compose_cfg([*QUICK_JOB, *job, "task.n_fit=5"])) != config_hash(cfg)
+
+
+def test_sst2_train_rows_count_only_when_not_the_default():
+    """task.train_rows=phrases (SST-2's default) hashes as before the key existed; sentences
+    is another train split, so another hash."""
+    cfg = compose_cfg([*QUICK_JOB, "task=sst2"])
+    before = OmegaConf.to_container(cfg)
+    assert before["task"].pop("train_rows") == "phrases"
+    assert config_hash(cfg) == config_hash(OmegaConf.create(before))
+    sentences = compose_cfg([*QUICK_JOB, "task=sst2", "task.train_rows=sentences"])
+    assert config_hash(sentences) != config_hash(cfg)
 
 
 def test_resume_returns_the_finished_runs_metrics_and_opens_no_run(tracking_uri, tmp_path):

@@ -8,11 +8,17 @@ from collections import Counter
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 
 from adainfer.errors import AdaInferError
 from adainfer.tasks import FunctionVectorsTask, build_prompts
-from adainfer.tasks.classification import AG_NEWS_FV_WORDS, AGNewsTask, SST2Task
+from adainfer.tasks.classification import (
+    AG_NEWS_FV_WORDS,
+    AGNewsTask,
+    SST2Task,
+    whole_sentences,
+)
 from adainfer.tasks.function_vectors import available_tasks
 from adainfer.tasks.hub import load_hub_split
 from adainfer.tasks.qa import (
@@ -469,6 +475,72 @@ def test_calibration_from_test_needs_test_instances_left(data_dir):
     assert "task.calibration_from=train" in str(err.value)
     with pytest.raises(AdaInferError, match="calibration_from='tset' is not one of"):
         SST2Task(data_dir=str(data_dir), n_calibration=10, calibration_from="tset").load()
+
+
+def test_whole_sentences_are_the_phrases_no_other_phrase_contains():
+    """A treebank's phrases: each row whose tokens sit inside another row is a part. Partial
+    overlaps and parts of the text within a token do not count."""
+    rows = [
+        {"sentence": "a fine , funny film .", "label": 1},
+        {"sentence": "a fine", "label": 1},
+        {"sentence": "funny film", "label": 1},
+        {"sentence": "fine , funny", "label": 1},
+        {"sentence": "film . it", "label": 0},  # overlaps the end, is inside nothing
+        {"sentence": "fun", "label": 1},  # inside "funny", a token, not a whole token
+        {"sentence": "dull", "label": 0},
+        {"sentence": "dull ", "label": 0},  # the same text again (GLUE's trailing space)
+    ]
+    kept = whole_sentences(rows)
+    assert [r["sentence"] for r in kept] == [
+        "a fine , funny film .",
+        "film . it",
+        "fun",
+        "dull",
+        "dull ",
+    ]
+
+
+def test_sst2_train_sentences_are_drawn_like_its_test_sentences(data_dir):
+    """task.train_rows=sentences keeps the train split's whole sentences: none is a part of
+    another train row, none is a validation sentence, and their lengths are distributed as the
+    test sentences' are (the phrases' are not), so a calibration split held out of them is
+    drawn like the test split."""
+    phrases = SST2Task(data_dir=str(data_dir), n_train=None, n_test=None).load()
+    sentences = SST2Task(
+        data_dir=str(data_dir), n_train=None, n_test=None, train_rows="sentences"
+    ).load()
+    assert sentences.test == phrases.test
+    texts = {e.input for e in sentences.train}
+    assert 6000 < len(sentences.train) < 7000  # SST's 6,920 binary train sentences, about
+    assert texts <= {e.input for e in phrases.train}
+    assert not texts & {e.input for e in sentences.test}
+
+    def words(examples):
+        return np.array([len(e.input.split()) for e in examples])
+
+    test, kept, every = words(sentences.test), words(sentences.train), words(phrases.train)
+    assert abs(np.median(kept) - np.median(test)) <= 1 < abs(np.median(every) - np.median(test))
+    assert abs(kept.mean() - test.mean()) < 1 < abs(every.mean() - test.mean())
+    for text in sorted(texts, key=len)[:200]:  # the shortest kept: is any a part of another?
+        assert not any(f" {text} " in f" {other} " for other in texts if other != text)
+
+
+def test_sst2_train_sentences_hold_out_calibration_and_fit(data_dir):
+    task = SST2Task(
+        data_dir=str(data_dir),
+        n_train=100,
+        n_test=None,
+        n_calibration=2000,
+        n_fit=2000,
+        calibration_from="train",
+        train_rows="sentences",
+    )
+    splits = task.load()
+    assert (len(splits.train), len(splits.calibration), len(splits.fit)) == (100, 2000, 2000)
+    assert len(splits.test) == 872
+    with pytest.raises(AdaInferError, match="train_rows='sentence' is not one of") as err:
+        SST2Task(data_dir=str(data_dir), train_rows="sentence").load()
+    assert "task.train_rows=sentences" in str(err.value)
 
 
 @pytest.mark.parametrize("source", ["train", "test"])

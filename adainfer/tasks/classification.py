@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from adainfer.errors import AdaInferError
+from adainfer.settings import SST2_TRAIN_ROWS
 from adainfer.tasks.base import Example, Splits
 from adainfer.tasks.data import DataTask, sampled_splits
 from adainfer.tasks.hub import Source, load_rows, origin
@@ -66,6 +67,30 @@ def sst2_example(row: dict, words: list[str]) -> Example:
     return labelled_example(row["sentence"], row["label"], words, "SST-2")
 
 
+def whole_sentences(rows: list[dict]) -> list[dict]:
+    """The SST-2 train rows that are whole sentences: those whose text is part of no other row's.
+
+    GLUE's SST-2 train split holds every phrase of the Stanford Sentiment Treebank's parse
+    trees of its train sentences (67,349 rows), the sentences themselves among them; its
+    validation split holds whole sentences only, and SST split its sentences into train, dev
+    and test at random. A sentence is the one phrase of its tree that no other phrase contains,
+    so these rows (6,885 here) are drawn like the validation sentences, and a calibration split
+    held out of them is drawn like the test. Containment is by whole tokens (the text is
+    tokenized, space-separated); order is kept.
+    """
+    texts = {str(r["sentence"]).strip() for r in rows}
+    parts = set()
+    for text in texts:
+        tokens = text.split()
+        n = len(tokens)
+        for start in range(n):
+            for end in range(start + 1, n + 1 if start else n):  # every span but the whole
+                span = " ".join(tokens[start:end])
+                if span in texts:
+                    parts.add(span)
+    return [r for r in rows if str(r["sentence"]).strip() not in parts]
+
+
 def ag_news_example(row: dict, words: list[str]) -> Example:
     """One AG News row (hub or local: ``text`` = title + " " + description, ``label`` 0-3)."""
     return labelled_example(row["text"], row["label"], words, "AG News")
@@ -108,16 +133,30 @@ class _LabelWordsTask(DataTask):
 class SST2Task(_LabelWordsTask):
     """SST-2 sentiment (GLUE): train = train (67,349 rows), test = validation (872).
 
-    Answer: ``label_words[label]``, by default negative / positive.
+    Answer: ``label_words[label]``, by default negative / positive. ``train_rows``: which train
+    rows make the train split: ``phrases`` (all of them, as GLUE has it) or ``sentences``
+    (only the whole sentences, :func:`whole_sentences`: drawn like the test sentences, so the
+    calibration split can be held out of train, ``calibration_from: train``).
     """
 
     name: str = "sst2"
     label_words: list[str] = field(default_factory=lambda: list(SST2_WORDS))
+    train_rows: str = "phrases"
     _sources = (SST2_TRAIN, SST2_TEST)
 
     def load(self) -> Splits:
         words = check_label_words(self.name, self.label_words, SST2_WORDS)
-        train = [sst2_example(r, words) for r in load_rows(SST2_TRAIN, self.data_dir, self.name)]
+        if self.train_rows not in SST2_TRAIN_ROWS:
+            raise AdaInferError(
+                f"task {self.name!r}: train_rows={self.train_rows!r} is not one of "
+                f"{list(SST2_TRAIN_ROWS)}",
+                "use task.train_rows=phrases (every train row) or task.train_rows=sentences "
+                "(the whole sentences only, drawn like the test split)",
+            )
+        rows = load_rows(SST2_TRAIN, self.data_dir, self.name)
+        if self.train_rows == "sentences":
+            rows = whole_sentences(rows)
+        train = [sst2_example(r, words) for r in rows]
         test = [sst2_example(r, words) for r in load_rows(SST2_TEST, self.data_dir, self.name)]
         return sampled_splits(self, train, test, self.sources())
 
