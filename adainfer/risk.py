@@ -242,6 +242,7 @@ def calibrate(
     calibration: LayerRecords,
     limit: RiskLimit,
     prices: ReadPrices | None = None,
+    scores: np.ndarray | None = None,
 ) -> Calibration:
     """Set ``policy.threshold`` to the most aggressive threshold Learn-then-Test certifies.
 
@@ -250,6 +251,9 @@ def calibrate(
     for it on ``train`` (never on ``calibration``), priced with ``prices``
     (:func:`adainfer.costs.read_prices`); a candidate whose schedule is empty never exits and
     is skipped, as +inf needs no test; the policy ends with the certified threshold's schedule.
+    ``scores``: the policy's scores on ``calibration`` where they are already computed
+    (:func:`resplit_check` scores its pool once); a calibratable policy stops where its score
+    is above its threshold, so they decide every exit here.
     """
     check_calibratable(policy)
     n = calibration.num_instances
@@ -258,14 +262,16 @@ def calibrate(
             "risk control needs a calibration split, and it is empty",
             "set task.n_calibration (held-out instances, e.g. 500)",
         )
-    scores = policy.scores(calibration)
+    if scores is None:
+        scores = policy.scores(calibration)
 
     def losses_at(threshold: float) -> np.ndarray:
         return losses(calibration, policy.first_exits(scores > threshold), limit.loss)
 
     chosen, values, p_chosen, tested = certify(policy, train, limit, losses_at, prices)
     values = np.zeros(n, dtype=np.int64) if values is None else values  # +inf loses nothing
-    drop = apply_exits(calibration, policy.exit_layers(calibration)).accuracy_drop(calibration.gold)
+    exits = policy.first_exits(scores > policy.threshold)
+    drop = apply_exits(calibration, exits).accuracy_drop(calibration.gold)
     return Calibration(
         threshold=chosen,
         losses=int(values.sum()),
@@ -297,18 +303,22 @@ def resplit_check(
     calibration/test partitions of the same sizes, calibrate a copy of the fitted ``policy`` on
     each, and count how often its accuracy drop on the test part exceeds ε (the guarantee says
     at most about δ of the time; the test part's own sampling noise adds to that). ``prices``:
-    for a policy with ``schedule="auto"`` (:func:`calibrate`).
+    for a policy with ``schedule="auto"`` (:func:`calibrate`). The fitted policy's scores do not
+    depend on the split, so the pool is scored once (an SVM's scores are the costly part).
     """
+    check_calibratable(policy)
     pool = LayerRecords.concat([calibration, test])
+    pool_scores = policy.scores(pool)
     n_cal = calibration.num_instances
     rng = np.random.default_rng(seed)
     drops, certified, exits = [], [], []
     for _ in range(splits):
         order = rng.permutation(pool.num_instances)
-        cal, held = pool.take(order[:n_cal]), pool.take(order[n_cal:])
+        on_cal, on_held = order[:n_cal], order[n_cal:]
+        cal, held = pool.take(on_cal), pool.take(on_held)
         trial = copy.deepcopy(policy)
-        certified.append(calibrate(trial, train, cal, limit, prices).certified)
-        result = apply_exits(held, trial.exit_layers(held))
+        certified.append(calibrate(trial, train, cal, limit, prices, pool_scores[on_cal]).certified)
+        result = apply_exits(held, trial.first_exits(pool_scores[on_held] > trial.threshold))
         drops.append(result.accuracy_drop(held.gold))
         exits.append(result.exit_layer.mean())
     drops_arr = np.asarray(drops)

@@ -22,6 +22,7 @@ from adainfer.risk import (
     losses,
     min_calibration_size,
     p_value,
+    resplit_check,
     risk_p_value,
     upper_bound,
 )
@@ -96,6 +97,26 @@ def test_too_few_calibration_instances_certify_nothing():
     assert chosen.cal_drop == 0.0
     # MLflow would clamp +inf to 1.8e308: nothing certified logs no threshold at all
     assert "risk_threshold" not in chosen.metrics() and chosen.metrics()["risk_certified"] == 0
+
+
+def test_resplits_score_the_pool_once_and_match_calibrating_each_split_afresh():
+    """resplit_check reuses the pool's scores: every re-split must come out as calibrating a
+    fresh copy of the policy on that split and scoring it on the rest, from the records."""
+    train, cal, test = population(500, seed=3), population(400, seed=5), population(300, seed=6)
+    limit = RiskLimit(epsilon=0.05, delta=0.2, grid=40)
+    policy = GapThreshold()
+    checked = resplit_check(policy, train, cal, test, limit, 6, seed=7)
+    pool, rng = LayerRecords.concat([cal, test]), np.random.default_rng(7)
+    drops, certified = [], []
+    for _ in range(6):
+        order = rng.permutation(pool.num_instances)
+        trial = GapThreshold()
+        certified.append(calibrate(trial, train, pool.take(order[:400]), limit).certified)
+        drops.append(drop(pool.take(order[400:]), trial))
+    assert all(certified) and max(drops) > 0  # it exits, and not only where nothing is lost
+    assert checked["risk_resplit_certified_rate"] == 1.0
+    assert checked["risk_resplit_drop_mean"] == pytest.approx(np.mean(drops))
+    assert checked["risk_resplit_drop_max"] == pytest.approx(max(drops))
 
 
 @pytest.mark.parametrize(
