@@ -326,6 +326,8 @@ def resplit_check(
         "risk_resplits": float(splits),
         "risk_resplit_exceed_rate": float(np.mean(drops_arr > limit.epsilon)),
         "risk_resplit_drop_mean": float(drops_arr.mean()),
+        # the spread of the test drops: the test part's sampling noise, which the exceed rate adds
+        "risk_resplit_drop_sd": float(drops_arr.std()),
         "risk_resplit_drop_max": float(drops_arr.max()),
         "risk_resplit_certified_rate": float(np.mean(certified)),
         "risk_resplit_exit_layer_mean": float(np.mean(exits)),

@@ -121,6 +121,7 @@ RISK_METRICS = (
     "risk_threshold",
     "risk_resplit_exceed_rate",
     "risk_resplit_drop_mean",
+    "risk_resplit_drop_sd",
     "risk_resplit_drop_max",
     "risk_resplit_certified_rate",
 )
@@ -359,6 +360,7 @@ def main() -> None:
             "risk_certified",
             "risk_resplit_exceed_rate",
             "risk_resplit_drop_mean",
+            "risk_resplit_drop_sd",
             "risk_resplit_drop_max",
             "risk_resplit_certified_rate",
             "exit_layer_mean",
@@ -388,7 +390,8 @@ def main() -> None:
             "ratio (probes, translators, classifier included; 1.000 = the full model):",
             main_table.to_markdown(index=False, floatfmt=".3f"),
             f"Risk control over {args.resplits} random calibration/test splits "
-            f"(exceed_rate: share of splits whose test drop > epsilon; guarantee: about delta):",
+            f"(exceed_rate: share of splits whose test drop > epsilon; guarantee: about delta; "
+            f"drop_sd: the spread of the test drops, the test part's own noise among it):",
             checks.to_markdown(index=False, floatfmt=".3f"),
             "How well each probe reads the final answer off the layers, on the test split "
             "(agree_mean: share of (instance, layer < L) pairs whose argmax is the last layer's; "

@@ -117,6 +117,7 @@ def test_resplits_score_the_pool_once_and_match_calibrating_each_split_afresh():
     assert checked["risk_resplit_certified_rate"] == 1.0
     assert checked["risk_resplit_drop_mean"] == pytest.approx(np.mean(drops))
     assert checked["risk_resplit_drop_max"] == pytest.approx(max(drops))
+    assert checked["risk_resplit_drop_sd"] == pytest.approx(np.std(drops)) and np.std(drops) > 0
 
 
 @pytest.mark.parametrize(
