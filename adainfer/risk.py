@@ -326,7 +326,7 @@ def resplit_check(
         "risk_resplits": float(splits),
         "risk_resplit_exceed_rate": float(np.mean(drops_arr > limit.epsilon)),
         "risk_resplit_drop_mean": float(drops_arr.mean()),
-        # the spread of the test drops: the test part's sampling noise, which the exceed rate adds
+        # the spread of the test drops: the test part's noise and the threshold's variation
         "risk_resplit_drop_sd": float(drops_arr.std()),
         "risk_resplit_drop_max": float(drops_arr.max()),
         "risk_resplit_certified_rate": float(np.mean(certified)),

@@ -391,7 +391,8 @@ def main() -> None:
             main_table.to_markdown(index=False, floatfmt=".3f"),
             f"Risk control over {args.resplits} random calibration/test splits "
             f"(exceed_rate: share of splits whose test drop > epsilon; guarantee: about delta; "
-            f"drop_sd: the spread of the test drops, the test part's own noise among it):",
+            "drop_sd: the spread of the test drops, the test part's noise and the threshold's "
+            "variation with the calibration draw):",
             checks.to_markdown(index=False, floatfmt=".3f"),
             "How well each probe reads the final answer off the layers, on the test split "
             "(agree_mean: share of (instance, layer < L) pairs whose argmax is the last layer's; "
