@@ -172,13 +172,16 @@ def risk_upper_bound(values: np.ndarray, limit: RiskLimit) -> float:
     return 2 * bound - 1 if limit.loss == "drop" else bound
 
 
-def candidate_thresholds(policy: ExitPolicy, train: LayerRecords, grid: int) -> np.ndarray:
-    """Thresholds from the most cautious (+∞) down: quantiles of the policy's train scores.
+def candidate_thresholds(
+    policy: ExitPolicy, train: LayerRecords, grid: int, scores: np.ndarray | None = None
+) -> np.ndarray:
+    """Thresholds from the most cautious (+∞) down: quantiles of the policy's train scores
+    (``scores``, when already computed).
 
     They depend on the train split only, never on the calibration split, as fixed-sequence
     testing requires.
     """
-    scores = policy.scores(train).ravel()
+    scores = (policy.scores(train) if scores is None else scores).ravel()
     scores = scores[np.isfinite(scores)]
     if scores.size == 0:
         return np.array([np.inf])
@@ -207,6 +210,7 @@ def certify(
     losses_at: Callable[[float], np.ndarray],
     prices: ReadPrices | None = None,
     candidates: np.ndarray | None = None,
+    train_scores: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray | None, float, int]:
     """Fixed-sequence testing (the module's docstring): walk ``policy``'s candidates, the most
     cautious first, each set on the policy in turn (``policy.threshold`` and, with
@@ -215,12 +219,14 @@ def certify(
     at the most aggressive threshold rejected (+inf when none) and returns it, its losses
     (None for +inf), its p-value and how many were rejected. ``candidates``: the finite
     thresholds to walk, most cautious first (default: :func:`candidate_thresholds` with
-    ``limit.grid``), fixed before any calibration loss is seen."""
+    ``limit.grid``), fixed before any calibration loss is seen. ``train_scores``: the policy's
+    scores on ``train``, when already computed; otherwise they are computed once here."""
     auto = policy.schedule == "auto"
-    train_scores = policy.scores(train) if auto else None
+    if train_scores is None and (auto or candidates is None):
+        train_scores = policy.scores(train)
     chosen, l_chosen, p_chosen, tested = np.inf, None, 1.0, 0
     if candidates is None:
-        candidates = candidate_thresholds(policy, train, limit.grid)[1:]
+        candidates = candidate_thresholds(policy, train, limit.grid, train_scores)[1:]
     for threshold in candidates:
         if auto and not policy.choose_schedule(train, prices, threshold, train_scores):
             continue  # asked nowhere (chosen on the train split alone): the full model, as +inf
@@ -232,7 +238,7 @@ def certify(
         chosen, l_chosen, p_chosen, tested = float(threshold), values, p, tested + 1
     policy.threshold = chosen
     if auto:
-        policy.choose_schedule(train, prices)
+        policy.choose_schedule(train, prices, chosen, train_scores)
     return chosen, l_chosen, p_chosen, tested
 
 
@@ -243,6 +249,7 @@ def calibrate(
     limit: RiskLimit,
     prices: ReadPrices | None = None,
     scores: np.ndarray | None = None,
+    train_scores: np.ndarray | None = None,
 ) -> Calibration:
     """Set ``policy.threshold`` to the most aggressive threshold Learn-then-Test certifies.
 
@@ -253,7 +260,8 @@ def calibrate(
     is skipped, as +inf needs no test; the policy ends with the certified threshold's schedule.
     ``scores``: the policy's scores on ``calibration`` where they are already computed
     (:func:`resplit_check` scores its pool once); a calibratable policy stops where its score
-    is above its threshold, so they decide every exit here.
+    is above its threshold, so they decide every exit here. ``train_scores``: its scores on
+    ``train``, likewise (:func:`certify`).
     """
     check_calibratable(policy)
     n = calibration.num_instances
@@ -268,7 +276,9 @@ def calibrate(
     def losses_at(threshold: float) -> np.ndarray:
         return losses(calibration, policy.first_exits(scores > threshold), limit.loss)
 
-    chosen, values, p_chosen, tested = certify(policy, train, limit, losses_at, prices)
+    chosen, values, p_chosen, tested = certify(
+        policy, train, limit, losses_at, prices, train_scores=train_scores
+    )
     values = np.zeros(n, dtype=np.int64) if values is None else values  # +inf loses nothing
     exits = policy.first_exits(scores > policy.threshold)
     drop = apply_exits(calibration, exits).accuracy_drop(calibration.gold)
@@ -304,11 +314,13 @@ def resplit_check(
     each, and count how often its accuracy drop on the test part exceeds ε (the guarantee says
     at most about δ of the time; the test part's own sampling noise adds to that). ``prices``:
     for a policy with ``schedule="auto"`` (:func:`calibrate`). The fitted policy's scores do not
-    depend on the split, so the pool is scored once (an SVM's scores are the costly part).
+    depend on the split, so the pool and the train records are scored once (an SVM's scores are
+    the costly part).
     """
     check_calibratable(policy)
     pool = LayerRecords.concat([calibration, test])
     pool_scores = policy.scores(pool)
+    train_scores = policy.scores(train)
     n_cal = calibration.num_instances
     rng = np.random.default_rng(seed)
     drops, certified, exits = [], [], []
@@ -317,7 +329,8 @@ def resplit_check(
         on_cal, on_held = order[:n_cal], order[n_cal:]
         cal, held = pool.take(on_cal), pool.take(on_held)
         trial = copy.deepcopy(policy)
-        certified.append(calibrate(trial, train, cal, limit, prices, pool_scores[on_cal]).certified)
+        chosen = calibrate(trial, train, cal, limit, prices, pool_scores[on_cal], train_scores)
+        certified.append(chosen.certified)
         result = apply_exits(held, trial.first_exits(pool_scores[on_held] > trial.threshold))
         drops.append(result.accuracy_drop(held.gold))
         exits.append(result.exit_layer.mean())

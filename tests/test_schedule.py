@@ -370,6 +370,28 @@ def test_risk_control_chooses_each_candidates_schedule_on_the_train_records_only
     assert checked["risk_resplits"] == 3 and checked["risk_resplit_certified_rate"] > 0
 
 
+def test_auto_resplits_match_calibrating_each_split_afresh():
+    """resplit_check scores the train records once for every re-split's candidates and
+    schedules: each re-split must still come out as calibrating a fresh copy on that split,
+    its threshold with the schedule chosen for it on the train records."""
+    train, cal, test = _gap_records(0, n=300), _gap_records(1, n=100), _gap_records(2, n=200)
+    prices, limit = read_prices(CONFIG), RiskLimit(0.1, 0.2, grid=30)
+    policy = GapThreshold(schedule="auto").fit(train, prices)
+    checked = resplit_check(policy, train, cal, test, limit, 4, seed=5, prices=prices)
+    pool, rng = LayerRecords.concat([cal, test]), np.random.default_rng(5)
+    exits, schedules = [], set()
+    for _ in range(4):
+        order = rng.permutation(pool.num_instances)
+        trial = GapThreshold(schedule="auto").fit(train, prices)
+        calibrate(trial, train, pool.take(order[:100]), limit, prices)
+        again = GapThreshold(threshold=trial.threshold, schedule="auto").fit(train, prices)
+        assert trial.chosen_schedule == again.chosen_schedule
+        schedules.add(trial.chosen_schedule)
+        exits.append(trial.exit_layers(pool.take(order[100:])).mean())
+    assert len(schedules) > 1  # the re-splits certify different pairs
+    assert checked["risk_resplit_exit_layer_mean"] == pytest.approx(np.mean(exits))
+
+
 def test_risk_control_skips_a_candidate_whose_schedule_asks_nowhere():
     """At a cautious threshold few instances stop, and the cheapest schedule reads nowhere: that
     pair is the full model, as +inf is, so it is not counted as certified; the next candidate
