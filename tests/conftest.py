@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from adainfer import schema  # noqa: F401 - registers the config schemas with Hydra
 from adainfer.models import PackagedGGUFModel, TinyRandomModel
+from adainfer.models.cache import cache_root
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -24,6 +25,21 @@ def data_dir() -> Path:
         f"test data not found at {path}: put shared/data beside the repo or set ADAINFER_DATA_DIR"
     )
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_cache(tmp_path_factory) -> Path:
+    """The suite's own ``$ADAINFER_CACHE_DIR`` (its jobs and their subprocesses inherit it):
+    the traces and tuned lenses its runs write stay out of the user's cache and go with pytest's
+    temporary folders. Only ``converted/`` is the user's (linked): the de-quantized GGUF models,
+    which depend on the model file alone and take a minute each to rebuild."""
+    shared = cache_root() / "converted"
+    shared.mkdir(parents=True, exist_ok=True)
+    own = tmp_path_factory.mktemp("adainfer-cache")
+    (own / "converted").symlink_to(shared, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ADAINFER_CACHE_DIR", str(own))
+        yield own
 
 
 @pytest.fixture(scope="session")
