@@ -123,6 +123,8 @@ RISK_METRICS = (
     "risk_resplit_drop_mean",
     "risk_resplit_drop_sd",
     "risk_resplit_drop_max",
+    "risk_resplit_pool_exceed_rate",
+    "risk_resplit_pool_drop_mean",
     "risk_resplit_certified_rate",
 )
 # Issue #14's targets for the best deployable certified policy's honest FLOPs.
@@ -362,6 +364,7 @@ def main() -> None:
             "risk_resplit_drop_mean",
             "risk_resplit_drop_sd",
             "risk_resplit_drop_max",
+            "risk_resplit_pool_exceed_rate",
             "risk_resplit_certified_rate",
             "exit_layer_mean",
         ]
@@ -392,7 +395,9 @@ def main() -> None:
             f"Risk control over {args.resplits} random calibration/test splits "
             f"(exceed_rate: share of splits whose test drop > epsilon; guarantee: about delta; "
             "drop_sd: the spread of the test drops, the test part's noise and the threshold's "
-            "variation with the calibration draw):",
+            "variation with the calibration draw; pool_exceed_rate: share of splits whose drop "
+            "over the whole pool, the population the calibration split is drawn from, > epsilon: "
+            "what the guarantee bounds, without the test part's noise):",
             checks.to_markdown(index=False, floatfmt=".3f"),
             "How well each probe reads the final answer off the layers, on the test split "
             "(agree_mean: share of (instance, layer < L) pairs whose argmax is the last layer's; "

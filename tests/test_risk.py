@@ -107,17 +107,23 @@ def test_resplits_score_the_pool_once_and_match_calibrating_each_split_afresh():
     policy = GapThreshold()
     checked = resplit_check(policy, train, cal, test, limit, 6, seed=7)
     pool, rng = LayerRecords.concat([cal, test]), np.random.default_rng(7)
-    drops, certified = [], []
+    drops, pool_drops, certified = [], [], []
     for _ in range(6):
         order = rng.permutation(pool.num_instances)
         trial = GapThreshold()
         certified.append(calibrate(trial, train, pool.take(order[:400]), limit).certified)
         drops.append(drop(pool.take(order[400:]), trial))
+        pool_drops.append(drop(pool, trial))
     assert all(certified) and max(drops) > 0  # it exits, and not only where nothing is lost
     assert checked["risk_resplit_certified_rate"] == 1.0
     assert checked["risk_resplit_drop_mean"] == pytest.approx(np.mean(drops))
     assert checked["risk_resplit_drop_max"] == pytest.approx(max(drops))
     assert checked["risk_resplit_drop_sd"] == pytest.approx(np.std(drops)) and np.std(drops) > 0
+    # the drop over the whole pool (the population calibrated on), not over its test part
+    assert checked["risk_resplit_pool_drop_mean"] == pytest.approx(np.mean(pool_drops))
+    assert checked["risk_resplit_pool_drop_mean"] != pytest.approx(np.mean(drops))
+    over = np.mean(np.asarray(pool_drops) > limit.epsilon)
+    assert checked["risk_resplit_pool_exceed_rate"] == over
 
 
 @pytest.mark.parametrize(
