@@ -334,10 +334,10 @@ def resplit_check(
         trial = copy.deepcopy(policy)
         chosen = calibrate(trial, train, cal, limit, prices, pool_scores[on_cal], train_scores)
         certified.append(chosen.certified)
-        result = apply_exits(held, trial.first_exits(pool_scores[on_held] > trial.threshold))
+        pool_exits = trial.first_exits(pool_scores > trial.threshold)  # the held part's, too
+        result = apply_exits(held, pool_exits[on_held])
         drops.append(result.accuracy_drop(held.gold))
-        whole = apply_exits(pool, trial.first_exits(pool_scores > trial.threshold))
-        pool_drops.append(whole.accuracy_drop(pool.gold))
+        pool_drops.append(apply_exits(pool, pool_exits).accuracy_drop(pool.gold))
         exits.append(result.exit_layer.mean())
     drops_arr = np.asarray(drops)
     return {
