@@ -271,6 +271,8 @@ def _sizes(job: Job, name: str) -> dict[str, int | str]:
     requested["n_calibration_requested"] = getattr(member, "n_calibration", 0)
     if n_cal:  # where the calibration split came from (a generated task: its train split)
         requested["calibration_from"] = getattr(member, "calibration_from", "train")
+    if getattr(member, "test_from", "test") != "test":  # the test split held out of train
+        requested["test_from"] = member.test_from
     if hasattr(member, "train_rows"):  # SST-2: its train phrases, or its whole sentences only
         requested["train_rows"] = member.train_rows
     n_fit = sum(len(s.prompts.input_ids) for s in prompts.fit if s.split == "fit")

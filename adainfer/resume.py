@@ -39,8 +39,8 @@ GENERATION_TASK_KEYS = ("generate", "max_new_tokens")
 GENERATION_RISK_KEYS = ("answers", "answer_grid")  # risk.*: only generated answers use them
 # Task keys added later whose default changes nothing: a task at the default is hashed without
 # them, as before they existed (task.n_fit=0: the policy fits on the train sample alone;
-# task.train_rows=phrases: SST-2 reads every train row).
-LATER_TASK_DEFAULTS = {"n_fit": 0, "train_rows": "phrases"}
+# task.train_rows=phrases: SST-2 reads every train row; task.test_from=test: its own test split).
+LATER_TASK_DEFAULTS = {"n_fit": 0, "train_rows": "phrases", "test_from": "test"}
 
 
 def config_hash(cfg: DictConfig) -> str:

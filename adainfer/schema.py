@@ -171,6 +171,7 @@ class DataTaskSchema(_Task):
     data_dir: Any = None
     split_seed: Any = 42
     calibration_from: Any = "train"  # or test: carve the calibration split out of the test split
+    test_from: Any = "test"  # or train: hold the test split out of train (after calibration)
     n_train: Any = 200  # null = all
     n_test: Any = 200
     n_fit: Any = 0  # held-out train instances the exit classifier is also fitted on

@@ -37,6 +37,7 @@ PROBES = ("logit_lens", "tuned")
 STAGES = ("all", "extract", "decide")  # adainfer.pipeline
 # How risk control tests a threshold (adainfer.risk, adainfer.bounds): the p-value, the loss.
 CALIBRATION_SOURCES = ("train", "test")  # adainfer.tasks.data: task.calibration_from
+TEST_SOURCES = ("test", "train")  # adainfer.tasks.data: task.test_from
 SST2_TRAIN_ROWS = ("phrases", "sentences")  # adainfer.tasks.classification: task.train_rows
 RISK_BOUNDS = ("binomial", "hb", "wsr")
 RISK_LOSSES = ("flip", "drop")
@@ -167,6 +168,7 @@ TASK: dict[str, Rule] = {
     "calibration_from": Rule(
         _one_of(CALIBRATION_SOURCES), f"one of {list(CALIBRATION_SOURCES)}", "test"
     ),
+    "test_from": Rule(_one_of(TEST_SOURCES), f"one of {list(TEST_SOURCES)}", "train"),
     "train_fraction": Rule(_number(0, 1, open_low=True), "a number in (0, 1)", "0.5"),
     "train_rows": Rule(_one_of(SST2_TRAIN_ROWS), f"one of {list(SST2_TRAIN_ROWS)}", "sentences"),
     "generate": Rule(_flag, "true or false", "true"),

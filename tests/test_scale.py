@@ -183,6 +183,7 @@ def test_a_fit_split_counts_only_when_asked_for():
         cfg = compose_cfg([*QUICK_JOB, *job])
         before = OmegaConf.to_container(cfg)
         assert before["task"].pop("n_fit") == 0
+        assert before["task"].pop("test_from") == "test"
         before["task"].pop("train_rows", None)
         assert config_hash(cfg) == config_hash(OmegaConf.create(before)), job
         assert config_hash(compose_cfg([*QUICK_JOB, *job, "task.n_fit=5"])) != config_hash(cfg)
@@ -194,9 +195,22 @@ def test_sst2_train_rows_count_only_when_not_the_default():
     cfg = compose_cfg([*QUICK_JOB, "task=sst2"])
     before = OmegaConf.to_container(cfg)
     assert before["task"].pop("train_rows") == "phrases"
+    before["task"].pop("test_from")
     assert config_hash(cfg) == config_hash(OmegaConf.create(before))
     sentences = compose_cfg([*QUICK_JOB, "task=sst2", "task.train_rows=sentences"])
     assert config_hash(sentences) != config_hash(cfg)
+
+
+def test_a_test_split_held_out_of_train_counts_only_when_asked_for():
+    """task.test_from=test (the default) hashes as before the key existed; train is another
+    test split, so another hash."""
+    cfg = compose_cfg([*QUICK_JOB, "task=ag_news"])
+    before = OmegaConf.to_container(cfg)
+    assert before["task"].pop("test_from") == "test"
+    before["task"].pop("n_fit")
+    assert config_hash(cfg) == config_hash(OmegaConf.create(before))
+    held = compose_cfg([*QUICK_JOB, "task=ag_news", "task.test_from=train"])
+    assert config_hash(held) != config_hash(cfg)
 
 
 def test_resume_returns_the_finished_runs_metrics_and_opens_no_run(tracking_uri, tmp_path):

@@ -34,8 +34,9 @@ OPTIONS = [
 # false, max_new_tokens: 16 for when they do), and the job config names the generation's
 # kv_fill (propagate; read only when a task generates) and risk control what it bounds of
 # generated answers (answers: null, answer_grid: 20; read only then too); data tasks name their
-# fit split (n_fit: 0, none, as before), and SST-2 its train rows (train_rows: phrases, every
-# row, as before). classifier=state is
+# fit split (n_fit: 0, none, as before) and their test split's source (test_from: test, their
+# own, as before), and SST-2 its train rows (train_rows: phrases, every row, as before).
+# classifier=state is
 # new since the snapshot: its entry was taken when it was added, in the snapshot's shape.
 THRESHOLD_SHOWN = ("adainfer.policies.SVMPolicy", "adainfer.policies.CRFPolicy")
 FAMILY = {"llama2_7b": "llama", "llama2_13b": "llama", "llama2_70b": "llama", "opt_13b": "opt"}
@@ -70,10 +71,11 @@ def test_each_option_composes_as_before_the_schemas(override):
 def _calibration_from(task: dict) -> None:
     """Data tasks (and their suites' members) name where calibration comes from: train, as
     before, except SST-2's, from its test split (its train split is phrases); and their fit
-    split, none (n_fit: 0); SST-2 also its train rows, every one (train_rows: phrases)."""
+    split, none (n_fit: 0); their test split, their own (test_from: test); SST-2 also its train
+    rows, every one (train_rows: phrases)."""
     if "split_seed" in task and "rule" not in task:
         task["calibration_from"] = "test" if task.get("name") == "sst2" else "train"
-        task |= {"generate": False, "max_new_tokens": 16, "n_fit": 0}
+        task |= {"generate": False, "max_new_tokens": 16, "n_fit": 0, "test_from": "test"}
         if task.get("name") == "sst2":
             task["train_rows"] = "phrases"
     for member in task.get("tasks", {}).values() if isinstance(task.get("tasks"), dict) else ():

@@ -29,6 +29,7 @@ BAD = [
     ("task.split_seed=x", "task.split_seed='x' is not a whole number"),
     ("task=sst2 task.calibration_from=tset", "task.calibration_from='tset' is not one of"),
     ("task=sst2 task.train_rows=sentence", "task.train_rows='sentence' is not one of"),
+    ("task=sst2 task.test_from=dev", "task.test_from='dev' is not one of"),
     ("engine=maybe", "engine='maybe' is not true or false"),
     ("traces.enabled=1", "traces.enabled=1 is not true or false"),
     ("feature_set=nope", "unknown feature_set feature_set='nope'"),

@@ -543,6 +543,52 @@ def test_sst2_train_sentences_hold_out_calibration_and_fit(data_dir):
     assert "task.train_rows=sentences" in str(err.value)
 
 
+def test_test_from_train_holds_the_test_split_out_after_calibration(data_dir):
+    """task.test_from=train: the test split is the n_test train instances right after the train
+    sample and the calibration split, so neither of those moves, no test instance is a
+    demonstration, a calibration or a fit instance, and adding a fit split moves no test one."""
+    sizes = {
+        "data_dir": str(data_dir),
+        "n_train": 100,
+        "n_calibration": 2000,
+        "calibration_from": "train",
+        "train_rows": "sentences",
+    }
+    own = SST2Task(**sizes, n_test=None).load()
+    held = SST2Task(**sizes, n_test=2000, test_from="train").load()
+    fitted = SST2Task(**sizes, n_test=2000, test_from="train", n_fit=2000).load()
+    assert (held.train, held.calibration) == (own.train, own.calibration)
+    assert (fitted.train, fitted.test, fitted.calibration) == (
+        held.train,
+        held.test,
+        held.calibration,
+    )
+    assert (len(held.test), len(fitted.fit)) == (2000, 2000)
+
+    def rows(examples):
+        return {(e.input, e.output) for e in examples}
+
+    assert len(rows(held.test)) == 2000
+    assert not rows(held.test) & (rows(held.train) | rows(held.calibration) | rows(fitted.fit))
+    assert not rows(held.test) & rows(own.test)  # not the validation sentences
+    assert {e.output for e in held.test} == {"negative", "positive"}
+
+
+def test_test_from_train_rejects_what_it_cannot_honour(data_dir):
+    base = {"data_dir": str(data_dir), "train_rows": "sentences", "test_from": "train"}
+    with pytest.raises(AdaInferError, match="calibration_from=test") as err:
+        SST2Task(**base, n_train=10, n_test=10, n_calibration=10, calibration_from="test").load()
+    assert "task.calibration_from=train" in str(err.value)
+    with pytest.raises(AdaInferError, match="needs task.n_test"):
+        SST2Task(**base, n_train=10, n_test=None).load()
+    with pytest.raises(AdaInferError, match="n_train is unset"):
+        SST2Task(**base, n_train=None, n_test=10).load()
+    with pytest.raises(AdaInferError, match="none of its .* left for test_from=train"):
+        SST2Task(**base, n_train=6000, n_calibration=2000, n_test=10).load()
+    with pytest.raises(AdaInferError, match="test_from='tarin' is not one of"):
+        SST2Task(**{**base, "test_from": "tarin"}, n_train=10, n_test=10).load()
+
+
 @pytest.mark.parametrize("source", ["train", "test"])
 def test_the_fit_split_is_held_out_and_moves_no_other_split(data_dir, source):
     """task.n_fit adds training pairs for the exit classifier: instances of the train split

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from adainfer.errors import AdaInferError
-from adainfer.settings import CALIBRATION_SOURCES
+from adainfer.settings import CALIBRATION_SOURCES, TEST_SOURCES
 from adainfer.tasks.base import Example, Splits, cap, check_examples, hold_out, shuffled_split
 from adainfer.tasks.prompts import PromptTemplate
 
@@ -113,14 +113,46 @@ def sampled_splits(
     tests = shuffled_split(test, (), task.split_seed)[0]
     splits = calibrated_splits(task, pool, tests)
     check_examples(task.name, "train", splits.train, sources[0])
-    check_examples(task.name, "test", splits.test, sources[1])
+    check_examples(task.name, "test", splits.test, sources[0 if task.test_from == "train" else 1])
     return splits
 
 
 def calibrated_splits(task: DataTask, pool: list[Example], tests: list[Example]) -> Splits:
     """The train sample of ``pool`` (capped at ``n_train``), the test split (capped at
     ``n_test``) and the calibration split, held out after the train sample or carved out of
-    ``tests`` first, as ``task.calibration_from`` says."""
+    ``tests`` first, as ``task.calibration_from`` says. ``task.test_from: train`` takes the
+    test split from ``pool`` too, right after the train sample and the calibration split (the
+    fit split, if any, comes after it): for a task whose test split is too small to measure a
+    1-point drop (SST-2's 872 sentences), with train rows drawn like it."""
+    if test_source(task) == "train":
+        if calibration_source(task) == "test":
+            raise AdaInferError(
+                f"task {task.name!r}: test_from=train with calibration_from=test would calibrate "
+                "on rows drawn from another split than the ones tested",
+                "use task.calibration_from=train with task.test_from=train",
+            )
+        if task.n_test is None:
+            raise AdaInferError(
+                f"task {task.name!r}: test_from=train needs task.n_test, the number of train "
+                "instances to test on",
+                "set task.n_test too, e.g. task.n_test=2000",
+            )
+        if task.n_train is None:
+            raise AdaInferError(
+                f"task {task.name!r}: test_from=train needs held-out train instances, but "
+                "n_train is unset, so the whole train split is the train sample",
+                f"set task.n_train too, e.g. task.n_train=100 task.n_test={task.n_test}",
+            )
+        train, calibration = hold_out(task.name, pool, task.n_train, task.n_calibration)
+        used = len(train) + len(calibration)
+        tests = cap(pool[used:], task.n_test, task.name, "test")
+        if not tests:
+            raise AdaInferError(
+                f"task {task.name!r}: none of its {len(pool)} train instances is left for "
+                f"test_from=train after the train sample and the calibration split ({used})",
+                "lower task.n_train or task.n_calibration, or use task.test_from=test",
+            )
+        return Splits(train, tests, calibration, held_out_fit(task, pool, used + len(tests)))
     if calibration_source(task) == "test":
         train = cap(pool, task.n_train, task.name, "train")
         calibration, tests = held_out_test(task, tests)
@@ -179,6 +211,17 @@ def calibration_source(task: DataTask) -> str:
     return task.calibration_from
 
 
+def test_source(task: DataTask) -> str:
+    """``task.test_from``, checked: ``test`` (the task's test split) or ``train``."""
+    if task.test_from not in TEST_SOURCES:
+        raise AdaInferError(
+            f"task {task.name!r}: test_from={task.test_from!r} is not one of {list(TEST_SOURCES)}",
+            "use task.test_from=test (the task's test split) or task.test_from=train (held out "
+            "of the train split after the train sample and the calibration split)",
+        )
+    return task.test_from
+
+
 def held_out_test(task: DataTask, tests: list[Example]) -> tuple[list[Example], list[Example]]:
     """``calibration_from: test``: the first ``n_calibration`` of the shuffled test split as
     the calibration split, and the rest as the test pool, so both are drawn from one
@@ -211,6 +254,9 @@ class DataTask:
     # ``test`` when the train split is not drawn like the test split (SST-2: phrases vs.
     # sentences), since risk control's guarantee holds for data drawn like the calibration.
     calibration_from: str = "train"
+    # Where the test split comes from: ``test`` (the task's own) or ``train`` (the n_test train
+    # instances after the train sample and the calibration split; needs calibration_from=train).
+    test_from: str = "test"
     template: PromptTemplate = field(default_factory=PromptTemplate)
     # Also generate the test answers and score them as text (adainfer.generate_job): tasks
     # whose answers are free text (SQuAD, Function Vectors); at most max_new_tokens each.
