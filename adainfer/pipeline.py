@@ -248,6 +248,7 @@ def _params(job: Job) -> dict:
         "probe_ridge": cfg.probe.get("ridge"),
         "probe_first_layer": policy.first_layer_setting,  # classifier.first_layer, or its alias
         "schedule": _layers(policy.schedule),  # classifier.schedule; what auto chose: a tag
+        "read_price": policy.read_price,  # what auto priced a probe at, in layers (None: FLOPs)
         "risk_epsilon": cfg.risk.epsilon,
         "risk_delta": cfg.risk.delta if job.limit is not None else None,
         "risk_resplits": cfg.risk.resplits if job.limit is not None else None,

@@ -41,6 +41,9 @@ GENERATION_RISK_KEYS = ("answers", "answer_grid")  # risk.*: only generated answ
 # them, as before they existed (task.n_fit=0: the policy fits on the train sample alone;
 # task.train_rows=phrases: SST-2 reads every train row; task.test_from=test: its own test split).
 LATER_TASK_DEFAULTS = {"n_fit": 0, "train_rows": "phrases", "test_from": "test"}
+# Classifier keys added later whose default changes nothing (read_price=null: a probe priced at
+# its FLOPs, as before).
+LATER_CLASSIFIER_DEFAULTS = {"read_price": None}
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -53,6 +56,10 @@ def config_hash(cfg: DictConfig) -> str:
         for key in GENERATION_RISK_KEYS:
             (kept.get("risk") or {}).pop(key, None)
     _drop_idle_task_keys(kept.get("task"))
+    classifier = kept.get("classifier")
+    for key, default in LATER_CLASSIFIER_DEFAULTS.items():
+        if isinstance(classifier, dict) and key in classifier and classifier[key] == default:
+            del classifier[key]
     payload = json.dumps(kept, sort_keys=True, default=str).encode()
     return hashlib.sha256(payload).hexdigest()[:20]
 

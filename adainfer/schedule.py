@@ -16,9 +16,11 @@ under this *exit model*: instance n, whose first stop with every layer asked is 
 
 ``layer_n`` is one decoder layer on its prompt, ``read_n`` one read, ``stop_n`` what an early
 exit costs beyond its read (the answer's LM head, for a policy that decides without a probe),
-``last_n`` the last layer's answer (:func:`adainfer.costs.read_prices` prices them as the engine
-pays them at batch size 1; :func:`instance_costs` divides each instance's by its full-model
-cost, so the total is N times the mean ``honest_flops_ratio`` that trace evaluation logs).
+``last_n`` the last layer's answer (:func:`adainfer.costs.read_prices` prices them in FLOPs, as
+the engine pays them at batch size 1; a policy's ``read_price`` prices a probe in decoder layers
+instead, its cost in time where that is not its FLOPs; :func:`instance_costs` divides each
+instance's by its full-model cost, so the total is N times the mean ``honest_flops_ratio`` that
+trace evaluation logs).
 
 The exit model is exact — these are the exits the policy really makes under S — when a stop
 stays on once on (``stop[n, l]`` implies ``stop[n, l']`` for every ``l' > l``). Otherwise it
@@ -52,6 +54,10 @@ class ReadPrices:
     probe: float  # a read through the probe below the last layer: head, softmax, top-2, translator
     answer: float  # the last layer's answer: LM head and argmax
     hidden: int  # the model's hidden size, which prices a policy's decisions
+    # A probe's price in decoder layers of the prompt it reads, in place of ``probe`` (a
+    # policy's ``read_price``): what it costs in time where that is not its FLOPs, e.g. at
+    # batch size 1 on a CPU (scripts/bench_engine.py prints it).
+    probe_layers: float | None = None
 
 
 @dataclass(frozen=True)
@@ -83,9 +89,10 @@ def instance_costs(
     probe, for its answer)."""
     layer = np.array([prices.layer(int(w)) for w in seq_len], dtype=np.float64)
     full = num_layers * layer + prices.answer
-    read = (prices.probe if reads_probe else 0.0) + (decision if decides else 0.0)
-    stop = 0.0 if reads_probe else prices.probe
     ones = np.ones_like(layer)
+    probe = prices.probe * ones if prices.probe_layers is None else prices.probe_layers * layer
+    read = (probe if reads_probe else 0.0) + (decision if decides else 0.0)
+    stop = 0.0 if reads_probe else probe
     return InstanceCosts(layer, read * ones, stop * ones, prices.answer * ones).scaled(1.0 / full)
 
 

@@ -246,6 +246,7 @@ class NoSettingsClassifier:
     _target_: str = MISSING
     first_layer: Any = MISSING  # 1 = every layer; auto = where 5% of train instances have settled
     schedule: Any = MISSING  # all, every_<k>, auto (cheapest on the fit records) or [layers]
+    read_price: Any = None  # auto's price of a probe, in decoder layers; null: its FLOPs
 
 
 @dataclass

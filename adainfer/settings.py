@@ -187,6 +187,7 @@ CLASSIFIER: dict[str, Rule] = {
     "schedule": Rule(
         schedule_ok, "all, auto, every_<k> (k >= 1) or a list of layer numbers >= 1", "every_2"
     ),
+    "read_price": Rule(_number(0, open_low=True), "a number of layers > 0, or null", "0.7", True),
     "class_weight": Rule(_one_of(("balanced",)), "null or balanced", "balanced", True),
     "head": Rule(_one_of(STATE_HEADS), f"one of {list(STATE_HEADS)}", "shared"),
 }

@@ -213,6 +213,19 @@ def test_a_test_split_held_out_of_train_counts_only_when_asked_for():
     assert config_hash(held) != config_hash(cfg)
 
 
+def test_a_read_price_counts_only_when_set():
+    """classifier.read_price=null (a probe priced at its FLOPs) hashes as before the key
+    existed; a price in layers can choose another schedule, so another hash."""
+    cfg = compose_cfg([*QUICK_JOB, "classifier=svm", "classifier.schedule=auto"])
+    before = OmegaConf.to_container(cfg)
+    assert before["classifier"].pop("read_price") is None
+    assert config_hash(cfg) == config_hash(OmegaConf.create(before))
+    priced = compose_cfg(
+        [*QUICK_JOB, "classifier=svm", "classifier.schedule=auto"] + ["classifier.read_price=0.7"]
+    )
+    assert config_hash(priced) != config_hash(cfg)
+
+
 def test_resume_returns_the_finished_runs_metrics_and_opens_no_run(tracking_uri, tmp_path):
     at = [f"mlflow.tracking_uri={tracking_uri}", "mlflow.experiment=resume_in_process"]
     first = pipeline.run(compose_cfg([*QUICK_JOB, *at, f"traces.dir={tmp_path / 'a'}"]))

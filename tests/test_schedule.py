@@ -8,6 +8,7 @@ policy really makes; its cost against honest FLOPs as trace evaluation counts th
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import mlflow
 import numpy as np
@@ -224,6 +225,64 @@ def test_the_chosen_schedules_cost_is_the_honest_flops_and_no_schedule_is_cheape
             assert honest(other) >= cost * (1 - 1e-9)
 
 
+# -- read_price: a probe priced in decoder layers ------------------------------------------------
+def _weighted_reads(policy, records) -> float:
+    """Σ over instances of (reads made up to its exit) × one layer of its prompt."""
+    asked = np.array(policy.scheduled_layers(records.num_layers))
+    exits = policy.exit_layers(records)
+    layer = np.array([read_prices(CONFIG).layer(int(w)) for w in records.seq_len])
+    return float(sum((asked <= e).sum() * c for e, c in zip(exits, layer, strict=True)))
+
+
+def test_a_read_price_equal_to_the_probes_flops_in_layers_chooses_as_flops_do():
+    """On prompts of one width, pricing a probe at (its FLOPs / one layer's) layers is the same
+    price: the same schedule. A dearer price asks less, a cheaper one more (weighted by the
+    layer's price, the reads an optimal schedule makes never rise with their price)."""
+    records = _gap_records(0, n=200)
+    records.seq_len = np.full(records.num_instances, 64)
+    prices = read_prices(CONFIG)
+    in_layers = prices.probe / prices.layer(64)
+    by_flops = GapThreshold(threshold=0.6, schedule="auto").fit(records, prices)
+    same = GapThreshold(threshold=0.6, schedule="auto", read_price=in_layers)
+    assert same.fit(records, prices).chosen_schedule == by_flops.chosen_schedule
+    records = _gap_records(1, n=200)  # prompts of many widths
+    reads = []
+    for price in [0.001, 0.01, 0.05, 0.2, 1.0, 3.0]:
+        policy = GapThreshold(threshold=0.6, schedule="auto", read_price=price)
+        reads.append(_weighted_reads(policy.fit(records, prices), records))
+    assert reads == sorted(reads, reverse=True) and reads[0] > reads[-1]
+
+
+def test_a_read_price_prices_a_state_heads_exit_probe_too():
+    """A state head reads no probe but pays one for the answer when it exits early: priced in
+    layers too. Dear enough, exits below the last layer stop paying, and auto asks nowhere."""
+    L = 8
+    records = _state_records(0, L=L)
+    prices = read_prices(CONFIG)
+    cheap, dear = _rising_state_policy(L), _rising_state_policy(L)
+    cheap.read_price, dear.read_price = 0.01, 2 * L
+    assert cheap.choose_schedule(records, prices) and not dear.choose_schedule(records, prices)
+    layer = np.array([prices.layer(int(w)) for w in records.seq_len])
+    costs = instance_costs(replace(prices, probe_layers=0.5), records.seq_len, L, False, 7.0, True)
+    full = L * layer + prices.answer
+    np.testing.assert_allclose(costs.stop, 0.5 * layer / full)
+    np.testing.assert_allclose(costs.read, 7.0 / full)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, "0.7", True, float("nan")])
+def test_a_bad_read_price_is_refused(bad):
+    with pytest.raises(AdaInferError, match="is not a number of layers > 0") as err:
+        SVMPolicy(schedule="auto", read_price=bad)
+    assert "classifier.read_price=0.7" in str(err.value)
+
+
+def test_a_read_price_setting_is_checked_before_any_run():
+    assert check_settings(compose_cfg(["classifier.read_price=0.7"])) == []
+    assert check_settings(compose_cfg(["classifier.read_price=null"])) == []
+    problems = check_settings(compose_cfg(["classifier.read_price=0"]))
+    assert len(problems) == 1 and "is not a number of layers > 0, or null" in problems[0]
+
+
 # -- schedule=all is the rule from before schedules ---------------------------------------------
 def _legacy_first_exits(stop: np.ndarray, first_layer: int) -> np.ndarray:
     stop = stop.copy()
@@ -322,14 +381,16 @@ def test_a_bad_schedule_from_the_command_line_exits_2_before_any_run(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.parametrize("read_price", [None, 0.7])
 @pytest.mark.parametrize("schedule", ["all", "every_2", [2, 6], "auto"])
-def test_a_saved_schedule_reloads_and_decides_the_same(schedule, tmp_path):
+def test_a_saved_schedule_reloads_and_decides_the_same(schedule, read_price, tmp_path):
     train, test = _gap_records(0), _gap_records(1)
-    policy = SVMPolicy(first_layer=2, schedule=schedule)
+    policy = SVMPolicy(first_layer=2, schedule=schedule, read_price=read_price)
     policy.fit(train, read_prices(CONFIG))
     policy.save(tmp_path / "p")
     again = load_policy(tmp_path / "p")
     assert again.schedule == policy.schedule and again.chosen_schedule == policy.chosen_schedule
+    assert again.read_price == read_price
     assert again.scheduled_layers(8) == policy.scheduled_layers(8)
     assert np.array_equal(again.exit_layers(test), policy.exit_layers(test))
 

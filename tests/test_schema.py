@@ -35,7 +35,8 @@ OPTIONS = [
 # kv_fill (propagate; read only when a task generates) and risk control what it bounds of
 # generated answers (answers: null, answer_grid: 20; read only then too); data tasks name their
 # fit split (n_fit: 0, none, as before) and their test split's source (test_from: test, their
-# own, as before), and SST-2 its train rows (train_rows: phrases, every row, as before).
+# own, as before), and SST-2 its train rows (train_rows: phrases, every row, as before); every
+# classifier its read price (read_price: null, a probe priced at its FLOPs, as before).
 # classifier=state is
 # new since the snapshot: its entry was taken when it was added, in the snapshot's shape.
 THRESHOLD_SHOWN = ("adainfer.policies.SVMPolicy", "adainfer.policies.CRFPolicy")
@@ -58,6 +59,7 @@ def test_each_option_composes_as_before_the_schemas(override):
         expected["classifier"]["threshold"] = None
     expected["classifier"]["first_layer"] = 1
     expected["classifier"]["schedule"] = "all"
+    expected["classifier"]["read_price"] = None
     expected["stage"] = "all"
     expected["resume"] = False
     expected["risk"] |= {"bound": "binomial", "loss": "flip", "answers": None, "answer_grid": 20}

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 from abc import ABC, abstractmethod
+from dataclasses import replace
 from pathlib import Path, PurePath
 from typing import Any, ClassVar, Literal
 
@@ -136,12 +137,35 @@ class ExitPolicy(ABC):
         threshold: float | None = None,
         first_layer: FirstLayer = 1,
         schedule: Schedule = "all",
+        read_price: float | None = None,
     ):
         self.features = tuple(features)
         self.threshold = self.default_threshold if threshold is None else float(threshold)
         self.num_layers: int | None = None  # of the records it was fitted on
         self.first_layer = first_layer
         self.schedule = schedule
+        self.read_price = read_price
+
+    @property
+    def read_price(self) -> float | None:
+        """What ``schedule="auto"`` prices a probe at, in decoder layers of the prompt it reads;
+        None: its FLOPs (:class:`adainfer.schedule.ReadPrices`). Set it to what a probe costs in
+        time on the hardware it will run on, where that is not its FLOPs (on a CPU at batch size
+        1 a probe costs about 0.7 of a SmolLM2 layer, 15 times its FLOPs)."""
+        return self._read_price
+
+    @read_price.setter
+    def read_price(self, value: float | None) -> None:
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+        ):
+            raise AdaInferError(
+                f"policy {self.name!r}: read_price={value!r} is not a number of layers > 0",
+                "use classifier.read_price=null (a probe priced at its FLOPs) or a number of "
+                "decoder layers, e.g. classifier.read_price=0.7 (scripts/bench_engine.py prints "
+                "a probe's time in layers)",
+            )
+        self._read_price = None if value is None else float(value)
 
     @property
     def first_layer(self) -> int:
@@ -272,6 +296,8 @@ class ExitPolicy(ABC):
             first_stop = first_exit(stop & (layers >= self.first_layer) & (layers < L))
             decides = self.reads_probe or self.scores_state
             decision = self.decision_flops(prices.hidden, L) if decides else 0.0
+            if self.read_price is not None:
+                prices = replace(prices, probe_layers=self.read_price)
             costs = instance_costs(prices, records.seq_len, L, self.reads_probe, decision, decides)
         finally:
             self.threshold = own
@@ -323,6 +349,8 @@ class ExitPolicy(ABC):
             meta["chosen_schedule"] = (
                 None if self.chosen_schedule is None else list(self.chosen_schedule)
             )
+        if self.read_price is not None:
+            meta["read_price"] = self.read_price
         meta["model_file"] = self._save_model(folder)
         # Strict JSON: a threshold of +inf ("never exit") is written as the string "inf".
         meta["params"] = {k: _json_number(v) for k, v in meta["params"].items()}
@@ -389,6 +417,7 @@ def load_policy(folder: Path) -> ExitPolicy:
     policy.schedule = meta.get("schedule", "all")  # files from before schedules: every layer
     if policy.schedule == "auto" and meta.get("chosen_schedule") is not None:
         policy.chosen_schedule = tuple(int(layer) for layer in meta["chosen_schedule"])
+    policy.read_price = meta.get("read_price")
     if meta["model_file"]:
         policy._load_model(_model_path(folder, meta["model_file"]))
     return policy

@@ -48,9 +48,10 @@ class CRFPolicy(ExitPolicy):
         threshold: float | None = None,
         first_layer: FirstLayer = 1,
         schedule: Schedule = "all",
+        read_price: float | None = None,
         **crf_kwargs: Any,
     ) -> None:
-        super().__init__(features, threshold, first_layer, schedule)
+        super().__init__(features, threshold, first_layer, schedule, read_price)
         self.viterbi = threshold is None
         self.crf_kwargs = {"algorithm": "lbfgs", "max_iterations": 100, **crf_kwargs}
         self.model: sklearn_crfsuite.CRF | None = None

@@ -62,8 +62,9 @@ class StatePolicy(ExitPolicy):
         head: str = "per_layer",
         first_layer: FirstLayer = 1,
         schedule: Schedule = "all",
+        read_price: float | None = None,
     ) -> None:
-        super().__init__(features, threshold, first_layer, schedule)
+        super().__init__(features, threshold, first_layer, schedule, read_price)
         if head not in STATE_HEADS:
             raise AdaInferError(
                 f"classifier 'state': head={head!r} is not one of {list(STATE_HEADS)}",

@@ -41,9 +41,10 @@ class SklearnPolicy(ExitPolicy):
         seed: int = 0,
         first_layer: FirstLayer = 1,
         schedule: Schedule = "all",
+        read_price: float | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(features, threshold, first_layer, schedule)
+        super().__init__(features, threshold, first_layer, schedule, read_price)
         self.seed = seed
         self.kwargs = kwargs
         self.model: Pipeline | None = None
