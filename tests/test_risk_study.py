@@ -94,3 +94,31 @@ def test_hidden_state_and_tuned_jobs_run_first(study):
         "oracle_gold",
         "oracle_consistent",
     ]
+
+
+def test_combined_studies_take_each_task_wholly_from_the_last_file_that_has_it(
+    study, monkeypatch, tmp_path
+):
+    """scripts/combine_studies.py: a follow-up study's task replaces all of the first study's
+    rows of that task (its cheaper uncertified run cannot mix with the old certified one);
+    tasks it did not rerun stay; the best-deployable table is computed on the result."""
+    combine = importlib.import_module("combine_studies")
+    first, later = tmp_path / "first.csv", tmp_path / "later.csv"
+    frame().to_csv(first, index=False)
+    pd.DataFrame(
+        [
+            run("smollm2_135m", "ag_news", "tuned svm+risk auto", 0.7, 1, 0.1),
+            run("smollm2_135m", "ag_news", "tuned state+risk", 0.65, 0, 0.0),
+        ]
+    ).to_csv(later, index=False)
+    runs, source = combine.combined([first, later])
+    assert source == {("smollm2_135m", "sst2"): first, ("smollm2_135m", "ag_news"): later}
+    ag_news = runs[runs.task == "ag_news"]
+    assert sorted(ag_news.method) == ["tuned state+risk", "tuned svm+risk auto"]
+    best = study.best_deployable(runs).set_index("task")
+    assert best.loc["ag_news", ["best", "honest_flops"]].tolist() == ["tuned svm+risk auto", 0.7]
+    assert best.loc["sst2", "honest_flops"] == 0.6
+    assert combine.combined([later, first])[1][("smollm2_135m", "ag_news")] == first
+    (tmp_path / "bad.csv").write_text("model,task\nm,t\n")
+    with pytest.raises(SystemExit, match="not a risk_runs.csv"):
+        combine.combined([tmp_path / "bad.csv"])
