@@ -56,12 +56,18 @@ def config_hash(cfg: DictConfig) -> str:
         for key in GENERATION_RISK_KEYS:
             (kept.get("risk") or {}).pop(key, None)
     _drop_idle_task_keys(kept.get("task"))
-    classifier = kept.get("classifier")
-    for key, default in LATER_CLASSIFIER_DEFAULTS.items():
-        if isinstance(classifier, dict) and key in classifier and classifier[key] == default:
-            del classifier[key]
+    _drop_defaults(kept.get("classifier"), LATER_CLASSIFIER_DEFAULTS)
     payload = json.dumps(kept, sort_keys=True, default=str).encode()
     return hashlib.sha256(payload).hexdigest()[:20]
+
+
+def _drop_defaults(node, defaults: dict) -> None:
+    """Remove from ``node`` (a config dict) each key of ``defaults`` that is at its default."""
+    if not isinstance(node, dict):
+        return
+    for key, default in defaults.items():
+        if key in node and node[key] == default:
+            del node[key]
 
 
 def _drop_idle_task_keys(task) -> None:
@@ -72,9 +78,7 @@ def _drop_idle_task_keys(task) -> None:
     if not task.get("generate"):
         for key in GENERATION_TASK_KEYS:
             task.pop(key, None)
-    for key, default in LATER_TASK_DEFAULTS.items():
-        if key in task and task[key] == default:
-            del task[key]
+    _drop_defaults(task, LATER_TASK_DEFAULTS)
     members = task.get("tasks")
     for member in members.values() if isinstance(members, dict) else ():
         _drop_idle_task_keys(member)

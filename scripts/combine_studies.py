@@ -51,11 +51,12 @@ def main() -> None:
     print("Rows from:")
     for (model, task), path in sorted(source.items()):
         print(f"- {model} {task}: {path}")
+    best = best_deployable(frame)
     print()
-    print(best_deployable(frame).to_markdown(index=False, floatfmt=".3f"))
+    print(best.to_markdown(index=False, floatfmt=".3f"))
     print()
     print("Issue #14's targets for the best deployable policy:")
-    print("\n".join(target_lines(best_deployable(frame), args.delta)))
+    print("\n".join(target_lines(best, args.delta)))
 
 
 if __name__ == "__main__":

@@ -177,15 +177,20 @@ def test_generation_settings_count_only_for_a_job_that_generates():
         assert config_hash(compose_cfg([*squad, override])) != generating, override
 
 
+def hashed_without(cfg, node: str, *keys: str) -> str:
+    """The hash ``cfg`` had before ``node``'s ``keys`` existed: the same config without them."""
+    before = OmegaConf.to_container(cfg)
+    for key in keys:
+        before[node].pop(key, None)
+    return config_hash(OmegaConf.create(before))
+
+
 def test_a_fit_split_counts_only_when_asked_for():
     """task.n_fit=0 (the default) hashes as before the key existed; any other value counts."""
     for job in (["task=sst2"], ["task=ag_news"]):
         cfg = compose_cfg([*QUICK_JOB, *job])
-        before = OmegaConf.to_container(cfg)
-        assert before["task"].pop("n_fit") == 0
-        assert before["task"].pop("test_from") == "test"
-        before["task"].pop("train_rows", None)
-        assert config_hash(cfg) == config_hash(OmegaConf.create(before)), job
+        assert (cfg.task.n_fit, cfg.task.test_from) == (0, "test")
+        assert config_hash(cfg) == hashed_without(cfg, "task", "n_fit", "test_from", "train_rows")
         assert config_hash(compose_cfg([*QUICK_JOB, *job, "task.n_fit=5"])) != config_hash(cfg)
 
 
@@ -193,10 +198,8 @@ def test_sst2_train_rows_count_only_when_not_the_default():
     """task.train_rows=phrases (SST-2's default) hashes as before the key existed; sentences
     is another train split, so another hash."""
     cfg = compose_cfg([*QUICK_JOB, "task=sst2"])
-    before = OmegaConf.to_container(cfg)
-    assert before["task"].pop("train_rows") == "phrases"
-    before["task"].pop("test_from")
-    assert config_hash(cfg) == config_hash(OmegaConf.create(before))
+    assert cfg.task.train_rows == "phrases"
+    assert config_hash(cfg) == hashed_without(cfg, "task", "train_rows", "test_from")
     sentences = compose_cfg([*QUICK_JOB, "task=sst2", "task.train_rows=sentences"])
     assert config_hash(sentences) != config_hash(cfg)
 
@@ -205,10 +208,8 @@ def test_a_test_split_held_out_of_train_counts_only_when_asked_for():
     """task.test_from=test (the default) hashes as before the key existed; train is another
     test split, so another hash."""
     cfg = compose_cfg([*QUICK_JOB, "task=ag_news"])
-    before = OmegaConf.to_container(cfg)
-    assert before["task"].pop("test_from") == "test"
-    before["task"].pop("n_fit")
-    assert config_hash(cfg) == config_hash(OmegaConf.create(before))
+    assert cfg.task.test_from == "test"
+    assert config_hash(cfg) == hashed_without(cfg, "task", "test_from", "n_fit")
     held = compose_cfg([*QUICK_JOB, "task=ag_news", "task.test_from=train"])
     assert config_hash(held) != config_hash(cfg)
 
@@ -216,14 +217,11 @@ def test_a_test_split_held_out_of_train_counts_only_when_asked_for():
 def test_a_read_price_counts_only_when_set():
     """classifier.read_price=null (a probe priced at its FLOPs) hashes as before the key
     existed; a price in layers can choose another schedule, so another hash."""
-    cfg = compose_cfg([*QUICK_JOB, "classifier=svm", "classifier.schedule=auto"])
-    before = OmegaConf.to_container(cfg)
-    assert before["classifier"].pop("read_price") is None
-    assert config_hash(cfg) == config_hash(OmegaConf.create(before))
-    priced = compose_cfg(
-        [*QUICK_JOB, "classifier=svm", "classifier.schedule=auto"] + ["classifier.read_price=0.7"]
-    )
-    assert config_hash(priced) != config_hash(cfg)
+    auto = [*QUICK_JOB, "classifier=svm", "classifier.schedule=auto"]
+    cfg = compose_cfg(auto)
+    assert cfg.classifier.read_price is None
+    assert config_hash(cfg) == hashed_without(cfg, "classifier", "read_price")
+    assert config_hash(compose_cfg([*auto, "classifier.read_price=0.7"])) != config_hash(cfg)
 
 
 def test_resume_returns_the_finished_runs_metrics_and_opens_no_run(tracking_uri, tmp_path):
