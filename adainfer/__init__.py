@@ -4,8 +4,8 @@ Usable without Hydra::
 
     from adainfer import PackagedGGUFModel, RuleTask, SVMPolicy, prepare, evaluate
 
-The names below are imported on first use (PEP 562), so ``import adainfer.settings`` or
-``adainfer.tasks`` does not pay for torch, transformers, Lightning and MLflow: a job checks its
+The names below are imported on first use (PEP 562), so ``import adainfer.compose.settings``
+or ``adainfer.tasks`` does not pay for torch, transformers, Lightning and MLflow: a job checks its
 config and data in seconds before any of them loads.
 """
 
@@ -18,26 +18,26 @@ __version__ = "0.1.0"
 
 _WHERE = {
     "AdaInferError": "adainfer.errors",
-    "CRFPolicy": "adainfer.policies",
+    "CRFPolicy": "adainfer.decide.policies",
     "EarlyExitEngine": "adainfer.engine",
-    "ExitPolicy": "adainfer.policies",
+    "ExitPolicy": "adainfer.decide.policies",
     "FixedExit": "adainfer.engine",
     "FunctionVectorsTask": "adainfer.tasks",
-    "GapThreshold": "adainfer.policies",
-    "HubModel": "adainfer.models",
-    "LayerRecords": "adainfer.features",
-    "LoadedModel": "adainfer.models",
-    "NeverExit": "adainfer.policies",
-    "PackagedGGUFModel": "adainfer.models",
+    "GapThreshold": "adainfer.decide.policies",
+    "HubModel": "adainfer.llm",
+    "LayerRecords": "adainfer.decide.records",
+    "LoadedModel": "adainfer.llm",
+    "NeverExit": "adainfer.decide.policies",
+    "PackagedGGUFModel": "adainfer.llm",
     "PromptTemplate": "adainfer.tasks",
     "RuleTask": "adainfer.tasks",
-    "SVMPolicy": "adainfer.policies",
-    "TinyRandomModel": "adainfer.models",
+    "SVMPolicy": "adainfer.decide.policies",
+    "TinyRandomModel": "adainfer.llm",
     "build_prompts": "adainfer.tasks",
-    "evaluate": "adainfer.pipeline",
-    "flops_ratio": "adainfer.flops",
-    "prepare": "adainfer.pipeline",
-    "probe_layers": "adainfer.features",
+    "evaluate": "adainfer.extract.extractor",
+    "flops_ratio": "adainfer.decide.flops",
+    "prepare": "adainfer.extract.extractor",
+    "probe_layers": "adainfer.llm.readout",
 }
 
 __all__ = sorted(_WHERE)

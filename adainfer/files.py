@@ -24,6 +24,12 @@ _lock = threading.Lock()
 LOCKS = ".locks"  # the folder of a cache's lock files (empty files, left in place)
 
 
+def cache_root() -> Path:
+    """``$ADAINFER_CACHE_DIR`` or ``~/.cache/adainfer``."""
+    root = os.environ.get("ADAINFER_CACHE_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "adainfer"
+
+
 def current_umask() -> int:
     """The process umask, read without changing it where Linux allows (else set and restored)."""
     try:

@@ -1,7 +1,7 @@
 """Prompt encoding at many shots: the searched fit against dropping one demo at a time.
 
 Builds SST-2 test prompts with ``--shots`` demonstrations, encodes them for a context of
-``--context`` tokens with the SmolLM2 tokenizer, and times ``adainfer.encoding.encode_prompts``
+``--context`` tokens with the SmolLM2 tokenizer, and times ``adainfer.llm.encoding.encode_prompts``
 against the old fitter (kept below as the baseline) in the same process. The baseline takes
 seconds per prompt, so it runs on the first ``--baseline-n`` prompts only; both must give the
 same token ids and gold tokens there. Needs the data sets (``ADAINFER_DATA_DIR`` or
@@ -18,8 +18,8 @@ import time
 
 from common import use_shared_data
 
-from adainfer.encoding import answer_start, encode_prompts
-from adainfer.models import PackagedGGUFModel
+from adainfer.llm import PackagedGGUFModel
+from adainfer.llm.encoding import answer_start, encode_prompts
 from adainfer.tasks import Prompt, SST2Task, build_prompts
 
 

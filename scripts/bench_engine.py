@@ -37,7 +37,7 @@ one quoted string. The job is composed as ``run.py preset=paper`` would (unless 
 names a preset, e.g. ``--run preset=certified`` for the default job; ``stage=extract``
 semantics: the traces come from the trace store when that job, or a study running it, stored
 them, else from one LLM pass; the model's weights are loaded; no MLflow run), its policy is
-fitted on the fit records and, with ``risk.epsilon``, calibrated (adainfer.decide, as the job
+fitted on the fit records and, with ``risk.epsilon``, calibrated (adainfer.decide.stage, as the job
 would), and that policy with its probe (a tuned lens too) is timed through the engine against
 the full forward on the job's test prompts (the first ``--n-timed``), at each
 ``--batch-sizes``. The rows have the columns above; the verdict: measured >= ``--min-speedup``
@@ -82,17 +82,22 @@ import torch
 from common import compose_config, use_shared_data
 from hydra.utils import instantiate
 
-from adainfer import pipeline
-from adainfer.batching import on_trainer_device, one_device, probe_trainer
-from adainfer.costs import run_costs
-from adainfer.decide import decide
+from adainfer.decide.costs import run_costs
+from adainfer.decide.policies import GapThreshold, SVMPolicy
+from adainfer.decide.policies.base import earliest_settled
+from adainfer.decide.stage import decide
 from adainfer.engine import EarlyExitEngine, FixedExit
+from adainfer.engine.timing import (
+    measure_prices,
+    price_policy,
+    time_against_full,
+    timed_ideal_speedup,
+)
 from adainfer.errors import AdaInferError, fail
-from adainfer.extract import prepare
-from adainfer.policies import GapThreshold, SVMPolicy
-from adainfer.policies.base import earliest_settled
-from adainfer.runner import extract_records
-from adainfer.timing import measure_prices, price_policy, time_against_full, timed_ideal_speedup
+from adainfer.extract.extractor import prepare
+from adainfer.extract.passes import extract_records
+from adainfer.llm.batching import on_trainer_device, one_device, probe_trainer
+from adainfer.run import job as pipeline
 
 TARGETS = {1: 0.9, 16: 0.8}  # measured / ideal_T, by batch size
 QUIET = {"enable_progress_bar": False}

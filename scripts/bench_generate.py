@@ -7,7 +7,7 @@ job with ``task.generate=true`` is composed as ``run.py`` would (its MLflow stor
 one; no run is logged): its policy (default: the state head read through a tuned lens, as the
 default job) is fitted on the train records, calibrated on first tokens, and then certified on
 whole answers (``risk.answers``: by default, w.p. >= 1 - delta at most epsilon of the answers
-differ from the full model's; :func:`adainfer.generate_job.calibrate_answers`). On the first
+differ from the full model's; :func:`adainfer.run.generation.calibrate_answers`). On the first
 ``--n-timed`` test prompts, at each batch size, it generates greedily (stop string "\\n", the
 template's next line; ``--max-new-tokens``) three ways, each timed (fastest of ``--repeats``,
 after a warm-up):
@@ -22,7 +22,7 @@ after a warm-up):
 Per row: exact match of the full model and of early exit (and SQuAD's F1), answers equal to the
 full model's, mean exit layer per generated token after the first, the honest FLOPs ratio of
 those tokens (``gen_flops_ratio``: layers, probes, translators, policy calls and K/V fills;
-:func:`adainfer.costs.generation_costs`) and of the whole generation with its prompt prefill,
+:func:`adainfer.decide.costs.generation_costs`) and of the whole generation with its prompt prefill,
 the speedup that whole-generation ratio predicts, tokens/s of each way, and the verdicts:
 ``never`` >= 0.9x ``hf``'s tokens/s; the certified policy's measured speedup over ``hf`` >= 0.8x
 the speedup its executed work predicts.
@@ -52,15 +52,21 @@ import numpy as np
 import torch
 from common import REPO, compose_config, use_shared_data
 
-from adainfer import pipeline
-from adainfer.batching import length_order, on_trainer_device, one_device, pad_left, probe_trainer
-from adainfer.costs import generation_costs
-from adainfer.decide import decide
+from adainfer.decide.costs import generation_costs
+from adainfer.decide.policies import NeverExit
+from adainfer.decide.stage import decide
 from adainfer.engine import EarlyExitEngine, generate
+from adainfer.engine.timing import synchronize
 from adainfer.errors import AdaInferError, fail
-from adainfer.generate_job import STOP, answer_scores, calibrate_answers
-from adainfer.policies import NeverExit
-from adainfer.timing import synchronize
+from adainfer.llm.batching import (
+    length_order,
+    on_trainer_device,
+    one_device,
+    pad_left,
+    probe_trainer,
+)
+from adainfer.run import job as pipeline
+from adainfer.run.generation import STOP, answer_scores, calibrate_answers
 
 FV = ("english-french", "country-capital")
 POLICY = (

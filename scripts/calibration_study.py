@@ -42,13 +42,14 @@ import numpy as np
 import pandas as pd
 from common import compose_config, per_task, run_pipeline, study_setting, use_shared_data
 
-from adainfer import costs, pipeline
+from adainfer.compose.inputs import load_inputs
+from adainfer.decide import costs
+from adainfer.decide.metrics import apply_exits
+from adainfer.decide.policies.base import ExitPolicy
+from adainfer.decide.records import LayerRecords
+from adainfer.decide.risk import RiskLimit, calibrate
 from adainfer.errors import AdaInferError
-from adainfer.evaluate import apply_exits
-from adainfer.job import load_inputs
-from adainfer.policies.base import ExitPolicy
-from adainfer.records import LayerRecords
-from adainfer.risk import RiskLimit, calibrate
+from adainfer.run import job as pipeline
 
 BOUNDS = ["binomial:flip", "hb:flip", "wsr:flip", "hb:drop", "wsr:drop"]
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from adainfer import pipeline, schema  # noqa: F401 - schema registers the config schemas
+from adainfer.compose import schema  # noqa: F401 - registers the config schemas
+from adainfer.run import job as pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 

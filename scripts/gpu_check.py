@@ -48,16 +48,16 @@ def _devices(model: torch.nn.Module) -> set[str]:
 
 
 def placement(device: str) -> None:
+    from adainfer.decide.policies import GapThreshold
     from adainfer.engine import EarlyExitEngine
-    from adainfer.models import HubModel
-    from adainfer.models.cache import converted_dir, file_sha256
-    from adainfer.models.loading import LoadedModel
-    from adainfer.models.placement import dispatched, input_device
-    from adainfer.pipeline import prepare
-    from adainfer.policies import GapThreshold
-    from adainfer.probes import fit_tuned_lens
-    from adainfer.runner import extract_records
-    from adainfer.timing import engine_metrics
+    from adainfer.engine.timing import engine_metrics
+    from adainfer.extract.extractor import prepare
+    from adainfer.extract.passes import extract_records
+    from adainfer.llm import HubModel
+    from adainfer.llm.cache import converted_dir, file_sha256
+    from adainfer.llm.lenses import fit_tuned_lens
+    from adainfer.llm.loading import LoadedModel
+    from adainfer.llm.placement import dispatched, input_device
 
     where = torch.device(device)
     trainer = {"enable_progress_bar": False, "accelerator": where.type, "devices": 1}
@@ -135,7 +135,7 @@ def placement(device: str) -> None:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         tokenizer.padding_side = "right"
         loaded = LoadedModel("smollm2_split", tokenizer, model.config, "split", lambda: model)
-        warned = _capture_warnings("adainfer.models.placement")
+        warned = _capture_warnings("adainfer.llm.placement")
         assert dispatched(loaded.model), "a split device map is dispatched by accelerate"
         note = same_features(loaded, f"{layers - layers // 2} layers on {away}")
         if where.type != "cpu":

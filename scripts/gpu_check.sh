@@ -95,7 +95,7 @@ fi
 missing=$("$PY" - <<'EOF' | sed -n 's/^MISSING://p' || true
 import importlib, importlib.metadata
 gone = []
-for module in ("adainfer.pipeline", "adainfer.engine", "gguf", "hydra", "mlflow", "accelerate"):
+for module in ("adainfer.run.job", "adainfer.engine", "gguf", "hydra", "mlflow", "accelerate"):
     try:
         importlib.import_module(module)
     except Exception as err:

@@ -21,9 +21,9 @@ from common import compose_config, use_shared_data
 
 def lengths(model: str, task: str, shots: int, n: int, batch: int, loaded=None):
     """One row of the table, and the loaded model (to reuse for the next setting)."""
-    from adainfer.batching import length_order
-    from adainfer.job import build, load_inputs
-    from adainfer.pipeline import prepare
+    from adainfer.compose.inputs import build, load_inputs
+    from adainfer.extract.extractor import prepare
+    from adainfer.llm.batching import length_order
 
     cfg = compose_config(
         [

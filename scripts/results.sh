@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The runs behind docs/RESULTS.md: the paper's tables on the two embedded models, tracked in the
+# The runs behind docs/studies/2026-11-29-paper-tables.md: the paper's tables on the two embedded models, tracked in the
 # MLflow experiment "results" (of $MLFLOW_TRACKING_URI, else MLflow's default store), then the
 # report (tables as Markdown/CSV, figures) in $out. The LLM runs once per (model, task, shots,
 # split); every classifier and study job after that reads the cached layer traces. Every job

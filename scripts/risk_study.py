@@ -12,9 +12,10 @@ of them):
   ``--n-calibration-for``), reading layers from ``--first-layer`` (``classifier.first_layer``;
   by default the first where 5% of train instances have settled);
 - ``svm+risk auto``, ``tuned svm+risk auto``: the same under ``classifier.schedule=auto``
-  (asked only at the layers the dynamic program picks on the train records, docs/ENGINE.md);
+  (asked only at the layers the dynamic program picks on the train records, docs/METHOD.md);
 - ``state+risk``, ``tuned state+risk``: ``classifier=state`` (an exit head on the hidden
-  state, docs/STATE.md), risk-controlled alike; the probe reads the answer at the exit layer;
+  state, docs/studies/2026-11-30-state-head.md), risk-controlled alike; the probe reads the
+  answer at the exit layer;
 - the oracles (every layer), through either probe.
 
 ``--methods original`` runs the first eight-column study only (svm, svm+risk, the tuned pair
@@ -47,7 +48,7 @@ exchangeable with the train phrases, leaving 472 of its 872 for test):
         --epsilon 0.01 --delta 0.1 --resplits 20 --experiment risk-exits --out docs/risk/exits
 
 docs/risk/exits/ holds it as it was run, in three invocations (SmolLM2; Gemma-3's rules and
-SST-2; Gemma-3's AG News), with docs/RISK.md's section "Exits that pay?" reading it.
+SST-2; Gemma-3's AG News), with docs/studies/2026-11-30-exits-that-pay-issue-14.md reading it.
 docs/risk/exits_fit/ holds the follow-up on SmolLM2's SST-2 and AG News with a fit split
 (``--task-overrides sst2:task.n_fit=2000 ag_news:task.n_fit=1000``) for the state methods only:
 an overridden task's SVM methods would fit scikit-learn's RBF SVC on all those instances too,
@@ -75,8 +76,8 @@ import numpy as np
 import pandas as pd
 from common import per_task, run_pipeline, study_setting, use_shared_data
 
+from adainfer.decide.risk import RiskLimit
 from adainfer.errors import AdaInferError
-from adainfer.risk import RiskLimit
 
 RISK = ["risk.epsilon={eps}", "{first}", "risk.bound={bound}", "risk.loss={loss}"]
 # label -> overrides: what each column of the table is, in the table's order.

@@ -1,9 +1,10 @@
 """Run results.sh's SmolLM2 SST-2 and rules grid on a checkout; compare two such runs' metrics.
 
 The behaviour-unchanged check: the grid ``scripts/results.sh`` runs for SmolLM2 on SST-2 and the
-``rules`` suite (``shots=0,5 classifier=svm,crf,gap task.n_train=100 task.n_test=100``), run
-with a checkout's own ``run.py`` and ``.venv``, into a fresh MLflow sqlite store and a fresh
-trace folder (so the LLM really runs), then every run's metrics compared with another store's.
+``rules`` suite (``preset=paper shots=0,5 classifier=svm,crf,gap task.n_train=100
+task.n_test=100``), run with a checkout's own ``run.py`` and ``.venv``, into a fresh MLflow sqlite
+store and a fresh trace folder (so the LLM really runs), then every run's metrics compared with
+another store's.
 
     # the grid on a checkout (its .venv/bin/python, cwd = the checkout); OUT must not hold a store
     python scripts/same_metrics.py run /path/to/checkout OUT
@@ -34,6 +35,7 @@ from pathlib import Path
 
 EXPERIMENT = "results"
 GRID = [
+    "preset=paper",  # results.sh's jobs start from the paper's AdaInfer, not the default job
     "model=smollm2_135m",
     "task=sst2,rules",
     "shots=0,5",

@@ -21,7 +21,7 @@ import argparse
 import numpy as np
 from common import compose_config, use_shared_data
 
-from adainfer import pipeline
+from adainfer.run import job as pipeline
 
 
 def main() -> None:

@@ -26,11 +26,12 @@ import numpy as np
 import torch
 from common import compose_config, use_shared_data
 
-from adainfer import costs, pipeline
-from adainfer.evaluate import apply_exits
-from adainfer.features import half_state
-from adainfer.policies import StatePolicy, SVMPolicy
-from adainfer.records import LayerRecords
+from adainfer.decide import costs
+from adainfer.decide.metrics import apply_exits
+from adainfer.decide.policies import StatePolicy, SVMPolicy
+from adainfer.decide.records import LayerRecords
+from adainfer.llm.readout import half_state
+from adainfer.run import job as pipeline
 
 DROPS = (0.0, 0.01, 0.02, 0.05)
 

@@ -24,4 +24,4 @@ fit_model=gemma3_270m; [ "$model" = gemma3_270m ] && fit_model=smollm2_135m
 python run.py "${common[@]}" classifier=svm "+model@fit.model=$fit_model"
 
 python -m adainfer.report --experiment studies --out "$out"
-# docs/STUDIES.md quotes factors.md, generalization.md and tradeoff.png from "$out".
+# docs/studies/2026-11-28-factors-and-generalization.md quotes factors.md, generalization.md and tradeoff.png from "$out".

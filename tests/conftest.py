@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from adainfer import schema  # noqa: F401 - registers the config schemas with Hydra
-from adainfer.models import PackagedGGUFModel, TinyRandomModel
-from adainfer.models.cache import cache_root
+from adainfer.compose import schema  # noqa: F401 - registers the config schemas with Hydra
+from adainfer.llm import PackagedGGUFModel, TinyRandomModel
+from adainfer.llm.cache import cache_root
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from adainfer.answer_match import exact_match, exact_match_strict, f1, normalize_answer
+from adainfer.tasks.answer_match import exact_match, exact_match_strict, f1, normalize_answer
 
 
 @pytest.mark.parametrize(

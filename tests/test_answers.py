@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 from conftest import QUIET, smollm2
 
-from adainfer.encoding import _most_that_fit, check_label_tokens, encode_prompts
-from adainfer.evaluate import layer_accuracy
-from adainfer.models import PackagedGGUFModel
-from adainfer.runner import extract_records
+from adainfer.decide.metrics import layer_accuracy
+from adainfer.extract.passes import extract_records
+from adainfer.llm import PackagedGGUFModel
+from adainfer.llm.encoding import _most_that_fit, check_label_tokens, encode_prompts
 from adainfer.tasks import Example, Prompt, SquadTask, build_prompts
 
 
@@ -151,7 +151,7 @@ def test_run_logs_how_many_answers_were_space_prefixed(data_dir, tracking_uri):
     from conftest import compose_cfg
     from hydra.utils import instantiate
 
-    from adainfer import pipeline
+    from adainfer.run import job as pipeline
 
     cfg = compose_cfg(
         [

@@ -10,8 +10,9 @@ import mlflow
 import pytest
 from conftest import REPO, paper
 
-from adainfer import extract, pipeline
 from adainfer.errors import AdaInferError
+from adainfer.extract import extractor as extract
+from adainfer.run import job as pipeline
 
 
 def run_py(args: list[str], tmp_path, **env) -> subprocess.CompletedProcess:
@@ -162,7 +163,7 @@ def test_missing_data_dir_and_empty_answer(tmp_path, tracking_uri, capsys):
 
 
 def test_empty_answer_caught_at_encoding(tiny_llama):
-    from adainfer.encoding import encode_prompts
+    from adainfer.llm.encoding import encode_prompts
     from adainfer.tasks import Example, Prompt
 
     with pytest.raises(AdaInferError, match="tokenizes to nothing"):

@@ -12,15 +12,17 @@ import pytest
 import torch
 from conftest import QUIET, tiny
 
-from adainfer.costs import ModelDims, classifier_flops, read_prices, run_costs, trace_flops_ratio
-from adainfer.engine import ENGINE_MODEL_TYPES, EarlyExitEngine, FixedExit
-from adainfer.errors import AdaInferError
-from adainfer.evaluate import apply_exits
-from adainfer.features import RECORDED, LayerRecords, probe_layers
-from adainfer.flops import flops_ratio
-from adainfer.models import supported_model_types
-from adainfer.pipeline import prepare
-from adainfer.policies import (
+from adainfer.choices import RECORDED
+from adainfer.decide.costs import (
+    ModelDims,
+    classifier_flops,
+    read_prices,
+    run_costs,
+    trace_flops_ratio,
+)
+from adainfer.decide.flops import flops_ratio
+from adainfer.decide.metrics import apply_exits
+from adainfer.decide.policies import (
     CRFPolicy,
     GapThreshold,
     LogRegPolicy,
@@ -30,10 +32,16 @@ from adainfer.policies import (
     StatePolicy,
     SVMPolicy,
 )
-from adainfer.probes import TunedLens
-from adainfer.runner import extract_records
+from adainfer.decide.records import LayerRecords
+from adainfer.engine import ENGINE_MODEL_TYPES, EarlyExitEngine, FixedExit
+from adainfer.engine.timing import measure_prices, price_policy, timed_ideal_speedup
+from adainfer.errors import AdaInferError
+from adainfer.extract.extractor import prepare
+from adainfer.extract.passes import extract_records
+from adainfer.llm import supported_model_types
+from adainfer.llm.lenses import TunedLens
+from adainfer.llm.readout import probe_layers
 from adainfer.tasks import RuleTask
-from adainfer.timing import measure_prices, price_policy, timed_ideal_speedup
 
 PROMPTS = ["Q: Monday\nA: Tuesday\n\nQ: March\nA:", "Q: b\nA:", "Q: seven\nA: eight\n\nQ: one\nA:"]
 _TRACED: dict[str, tuple] = {}

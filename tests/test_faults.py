@@ -20,7 +20,7 @@ from conftest import REPO, paper
 from mlflow import MlflowClient
 from test_cli import run_py
 
-from adainfer import tracking
+from adainfer.run import tracking
 
 # The job is interrupted 2 s into its LLM pass, which must last well beyond that on any machine:
 # tiny_llama at GPT-2-small width (12 layers of 768) over 800 5-shot sst2 prompts takes minutes

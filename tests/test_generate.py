@@ -16,15 +16,21 @@ from test_engine import LLAMA_LIKE
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import DynamicCache
 
-from adainfer.costs import ModelDims, classifier_flops, generation_costs
+from adainfer.decide.costs import ModelDims, classifier_flops, generation_costs
+from adainfer.decide.policies import (
+    CRFPolicy,
+    GapThreshold,
+    NeverExit,
+    OracleConsistent,
+    OracleGold,
+)
+from adainfer.decide.records import LayerRecords
 from adainfer.engine import EarlyExitEngine, FixedExit, generate
 from adainfer.engine.inputs import layer_types, rope_at
 from adainfer.engine.kv import project_kv
 from adainfer.errors import AdaInferError
-from adainfer.features import LayerRecords
-from adainfer.models import supported_model_types
-from adainfer.policies import CRFPolicy, GapThreshold, NeverExit, OracleConsistent, OracleGold
-from adainfer.probes import TunedLens
+from adainfer.llm import supported_model_types
+from adainfer.llm.lenses import TunedLens
 
 PROMPTS = ["Q: Monday\nA: Tuesday\n\nQ: March\nA:", "Q: b\nA:", "Q: seven\nA: eight\n\nQ: one\nA:"]
 SLIDING = dict(

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from conftest import compose_cfg
 
-from adainfer import pipeline
+from adainfer.compose.inputs import load_inputs
+from adainfer.compose.settings import check_settings
+from adainfer.decide.policies import GapThreshold, NeverExit
+from adainfer.decide.records import LayerRecords
 from adainfer.errors import AdaInferError
-from adainfer.features import LayerRecords
-from adainfer.job import load_inputs
-from adainfer.policies import GapThreshold, NeverExit
-from adainfer.settings import check_settings
+from adainfer.run import job as pipeline
 
 GEN = ["model=tiny_llama", "task.generate=true", "task.max_new_tokens=6", "task.n_train=12"]
 
@@ -98,9 +98,9 @@ def test_generation_settings_are_checked():
 def test_scores_compare_the_generated_text_with_every_gold(tiny_llama):
     """Golds built from the full model's own answers: half of them match (written as SQuAD
     normalization equates), so both runs of ``never`` score exactly one half."""
+    from adainfer.decide.policies import NeverExit
     from adainfer.engine import EarlyExitEngine, generate
-    from adainfer.generate_job import generation_metrics
-    from adainfer.policies import NeverExit
+    from adainfer.run.generation import generation_metrics
     from adainfer.tasks.base import Example
 
     tok = tiny_llama.tokenizer
@@ -154,9 +154,9 @@ def test_answers_are_certified_at_the_threshold_where_the_walk_stops(tiny_llama,
     span twice a gap at which this model's tokens exit at several depths."""
     from test_generate import mid_gap
 
+    from adainfer.decide.risk import RiskLimit, risk_p_value
     from adainfer.engine import EarlyExitEngine, generate
-    from adainfer.generate_job import STOP, answer_candidates, answer_losses, calibrate_answers
-    from adainfer.risk import RiskLimit, risk_p_value
+    from adainfer.run.generation import STOP, answer_candidates, answer_losses, calibrate_answers
     from adainfer.tasks.base import Example
 
     ids, examples = _antonyms(tiny_llama, data_dir, 24)

@@ -11,8 +11,8 @@ from hydra.utils import instantiate
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from adainfer.errors import AdaInferError
-from adainfer.models import HubModel
-from adainfer.models.loading import folder_identity
+from adainfer.llm import HubModel
+from adainfer.llm.loading import folder_identity
 
 
 def _save_tiny(folder, model_type: str, tokenizer, layers: int = 2) -> None:

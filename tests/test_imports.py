@@ -20,14 +20,25 @@ MODULES = sorted(m.name for m in pkgutil.walk_packages(adainfer.__path__, "adain
 
 # Function bodies that may import an adainfer module, and why. Each is a cost, never a cycle.
 DEFERRED_ALLOWED = {
-    ("adainfer/cli.py", "main", "adainfer.job"): "the CLI answers a config mistake before "
-    "scikit-learn and SciPy load",
-    ("adainfer/cli.py", "main", "adainfer.pipeline"): "the CLI answers a config or data "
+    ("adainfer/run/job.py", "_llm", "adainfer.run.assemble"): "stage=decide runs without "
+    "torch, transformers or Lightning: only the stages that load the model import them",
+    (
+        "adainfer/run/cli.py",
+        "main",
+        "adainfer.compose.inputs",
+    ): "the CLI answers a config mistake before scikit-learn and SciPy load",
+    ("adainfer/run/cli.py", "main", "adainfer.run.job"): "the CLI answers a config or data "
     "mistake before torch, transformers, Lightning and MLflow load",
-    ("adainfer/tracking.py", "load_run_policy", "adainfer.policies"): "reading runs (the "
-    "report) needs no scikit-learn; only loading a run's policy does",
-    ("adainfer/tracking.py", "load_run_probe", "adainfer.probes"): "reading runs (the report) "
-    "needs no torch; only loading a run's probe does",
+    (
+        "adainfer/run/tracking.py",
+        "load_run_policy",
+        "adainfer.decide.policies",
+    ): "reading runs (the report) needs no scikit-learn; only loading a run's policy does",
+    (
+        "adainfer/run/tracking.py",
+        "load_run_probe",
+        "adainfer.llm.lenses",
+    ): "reading runs (the report) needs no torch; only loading a run's probe does",
 }
 
 # Each module in a fresh set of adainfer modules (third-party ones stay: they cannot hide a
@@ -166,9 +177,9 @@ def test_no_function_imports_an_adainfer_module_to_hide_a_cycle():
 @pytest.mark.parametrize(
     ("call", "home"),
     [
-        ("register_forward_hook", "adainfer/capture.py"),
-        ("register_forward_pre_hook", "adainfer/capture.py"),
-        ("DataLoader", "adainfer/batching.py"),
+        ("register_forward_hook", "adainfer/llm/capture.py"),
+        ("register_forward_pre_hook", "adainfer/llm/capture.py"),
+        ("DataLoader", "adainfer/llm/batching.py"),
     ],
 )
 def test_one_hook_path_and_one_batching_path(call, home):

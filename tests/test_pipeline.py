@@ -9,20 +9,22 @@ import pytest
 import torch
 from conftest import compose_cfg
 
-from adainfer import pipeline
+from adainfer.decide import stage
+from adainfer.decide.policies import NeverExit, SVMPolicy
 from adainfer.errors import AdaInferError
-from adainfer.policies import NeverExit, SVMPolicy
+from adainfer.extract import extractor
+from adainfer.run import job as pipeline
 from adainfer.tasks import RuleTask
 
 
 def _prepared(loaded, shots=3, seed=0):
     task = RuleTask(n_train=24, n_test=16)
-    return pipeline.prepare(task, task.load(), loaded, shots, seed)
+    return extractor.prepare(task, task.load(), loaded, shots, seed)
 
 
 def test_never_exit_reproduces_full_model(tiny_model):
     train, test = _prepared(tiny_model)
-    outcome = pipeline.evaluate(tiny_model, NeverExit(), train, test, batch_size=5)
+    outcome = extractor.evaluate(tiny_model, NeverExit(), train, test, batch_size=5)
     # Independent path: the library's own forward, one unpadded prompt at a time.
     expected = []
     for ids in test.input_ids:
@@ -37,8 +39,8 @@ def test_never_exit_reproduces_full_model(tiny_model):
 
 def test_batch_size_does_not_change_records(tiny_llama):
     train, test = _prepared(tiny_llama)
-    one = pipeline.evaluate(tiny_llama, SVMPolicy(), train, test, batch_size=1)
-    many = pipeline.evaluate(tiny_llama, SVMPolicy(), train, test, batch_size=7)
+    one = extractor.evaluate(tiny_llama, SVMPolicy(), train, test, batch_size=1)
+    many = extractor.evaluate(tiny_llama, SVMPolicy(), train, test, batch_size=7)
     assert np.array_equal(one.test.argmax, many.test.argmax)
     np.testing.assert_allclose(one.test.gap, many.test.gap, rtol=1e-4, atol=1e-5)
 
@@ -111,14 +113,14 @@ def test_engine_mode_logs_online_exits(tracking_uri):
 
 
 def test_first_layer_is_logged_as_resolved(tiny_llama):
-    from adainfer.policies.base import earliest_settled
+    from adainfer.decide.policies.base import earliest_settled
 
     train, test = _prepared(tiny_llama)
-    records = pipeline.evaluate(tiny_llama, NeverExit(), train, test, batch_size=8)
-    auto = pipeline.score(SVMPolicy(), records.train, records.test, tiny_llama, first_layer="auto")
+    records = extractor.evaluate(tiny_llama, NeverExit(), train, test, batch_size=8)
+    auto = stage.score(SVMPolicy(), records.train, records.test, tiny_llama, first_layer="auto")
     assert auto.metrics["first_layer"] == earliest_settled(records.train)
     assert auto.metrics["first_layer"] == auto.policy.first_layer
-    plain = pipeline.score(SVMPolicy(), records.train, records.test, tiny_llama)
+    plain = stage.score(SVMPolicy(), records.train, records.test, tiny_llama)
     assert plain.metrics["first_layer"] == 1
 
 

@@ -12,16 +12,16 @@ import torch
 from conftest import QUIET, TINY_SPECS
 from transformers import AutoModelForCausalLM
 
+from adainfer.decide.policies import GapThreshold
 from adainfer.engine import EarlyExitEngine
+from adainfer.engine.timing import engine_metrics
 from adainfer.errors import AdaInferError
-from adainfer.models.loading import LoadedModel
-from adainfer.models.placement import dispatched, input_device, place
-from adainfer.pipeline import prepare
-from adainfer.policies import GapThreshold
-from adainfer.probes import TunedLens, fit_tuned_lens
-from adainfer.runner import LayerProbeModule, extract_records
+from adainfer.extract.extractor import prepare
+from adainfer.extract.passes import LayerProbeModule, extract_records
+from adainfer.llm.lenses import TunedLens, fit_tuned_lens
+from adainfer.llm.loading import LoadedModel
+from adainfer.llm.placement import dispatched, input_device, place
 from adainfer.tasks import RuleTask
-from adainfer.timing import engine_metrics
 
 # Two of the tiny llama's four layers on disk: accelerate leaves their weights on the meta
 # device and loads them in its hooks, as it does for a 70B model that does not fit.

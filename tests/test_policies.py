@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from test_units import _records
 
-from adainfer.errors import AdaInferError
-from adainfer.evaluate import apply_exits
-from adainfer.policies import (
+from adainfer.decide.metrics import apply_exits
+from adainfer.decide.policies import (
     CRFPolicy,
     GapThreshold,
     LogRegPolicy,
@@ -18,6 +17,7 @@ from adainfer.policies import (
     SVMPolicy,
     load_policy,
 )
+from adainfer.errors import AdaInferError
 
 
 def _flippy(seed: int = 2):
@@ -93,7 +93,7 @@ def test_untrusted_model_file_is_refused(tmp_path):
 
 
 def test_tradeoff_curve_orders_cost_by_threshold():
-    from adainfer.tradeoff import tradeoff_curve
+    from adainfer.decide.tradeoff import tradeoff_curve
 
     train, test = _flippy(0), _flippy(1)
     curve = tradeoff_curve(LogRegPolicy().fit(train), test, hidden_size=64, vocab_size=1000)
@@ -117,7 +117,7 @@ def _strict_json(path):
 
 
 def test_never_exit_threshold_round_trips_as_infinity(tmp_path):
-    from adainfer.risk import RiskLimit, calibrate
+    from adainfer.decide.risk import RiskLimit, calibrate
 
     train, cal, test = _flippy(0), _flippy(1), _flippy(3)
     policy = GapThreshold().fit(train)

@@ -1,6 +1,6 @@
 """A policy says what it is: what it reads, what a decision costs, whether the engine can run it,
 whether risk control can set its threshold, and where it starts reading layers. Nothing outside
-``adainfer.policies`` decides these by class or by name."""
+``adainfer.decide.policies`` decides these by class or by name."""
 
 from __future__ import annotations
 
@@ -11,12 +11,9 @@ from conftest import compose_cfg
 from test_units import _records
 from transformers import LlamaConfig
 
-from adainfer import pipeline
-from adainfer.costs import classifier_flops, trace_flops_ratio
-from adainfer.engine import FixedExit
-from adainfer.errors import AdaInferError
-from adainfer.job import load_inputs
-from adainfer.policies import (
+from adainfer.compose.inputs import load_inputs
+from adainfer.decide.costs import classifier_flops, trace_flops_ratio
+from adainfer.decide.policies import (
     CRFPolicy,
     ExitPolicy,
     GapThreshold,
@@ -27,8 +24,11 @@ from adainfer.policies import (
     SVMPolicy,
     load_policy,
 )
-from adainfer.policies.base import earliest_settled
-from adainfer.risk import RiskLimit, calibrate, check_calibratable
+from adainfer.decide.policies.base import earliest_settled
+from adainfer.decide.risk import RiskLimit, calibrate, check_calibratable
+from adainfer.engine import FixedExit
+from adainfer.errors import AdaInferError
+from adainfer.run import job as pipeline
 
 CONFIG = LlamaConfig(
     num_hidden_layers=6,

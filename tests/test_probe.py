@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from adainfer.errors import AdaInferError
-from adainfer.features import probe_layers
-from adainfer.models import decoder_parts
+from adainfer.llm import decoder_parts
+from adainfer.llm.readout import probe_layers
 
 PROMPTS = ["Q: Monday\nA: Tuesday\n\nQ: March\nA:", "Q: b\nA:", "Q: seven\nA: eight\n\nQ: one\nA:"]
 

@@ -7,21 +7,22 @@ import pytest
 import torch
 from conftest import QUIET, compose_cfg
 
-from adainfer import pipeline
-from adainfer.costs import ModelDims, trace_flops_ratio
+from adainfer.decide.costs import ModelDims, trace_flops_ratio
+from adainfer.decide.policies import GapThreshold, NeverExit, OracleConsistent
+from adainfer.decide.policies.base import earliest_settled
 from adainfer.engine import EarlyExitEngine
 from adainfer.errors import AdaInferError
-from adainfer.policies import GapThreshold, NeverExit, OracleConsistent
-from adainfer.policies.base import earliest_settled
-from adainfer.probes import LensStore, LogitLens, TunedLens, fit_tuned_lens, load_probe
-from adainfer.runner import extract_records, extract_records_multi
+from adainfer.extract import extractor
+from adainfer.extract.passes import extract_records, extract_records_multi
+from adainfer.llm.lenses import LensStore, LogitLens, TunedLens, fit_tuned_lens, load_probe
+from adainfer.run import job as pipeline
+from adainfer.run.tracking import load_run_probe
 from adainfer.tasks import FunctionVectorsTask, RuleTask
-from adainfer.tracking import load_run_probe
 
 
 def _prompts(loaded, n_train=24, n_test=16):
     task = RuleTask(n_train=n_train, n_test=n_test)
-    return pipeline.prepare(task, task.load(), loaded, shots=3, seed=0)
+    return extractor.prepare(task, task.load(), loaded, shots=3, seed=0)
 
 
 def test_identity_translator_is_exactly_the_logit_lens(tiny_model):
@@ -56,7 +57,7 @@ def test_fitted_lens_keeps_the_last_layer_and_the_models_answer(tiny_llama):
 def test_fitted_translators_raise_agreement_on_held_out_prompts(smollm2_model, data_dir):
     """On the real model, fitted on one set of prompts and scored on others."""
     task = FunctionVectorsTask(name="antonym", data_dir=str(data_dir), n_train=48, n_test=48)
-    train, test = pipeline.prepare(task, task.load(), smollm2_model, shots=3, seed=0)
+    train, test = extractor.prepare(task, task.load(), smollm2_model, shots=3, seed=0)
     lens = fit_tuned_lens(smollm2_model, train, 8, ridge=0.1, trainer_kwargs=QUIET)
 
     def agreement(probe) -> np.ndarray:
@@ -173,8 +174,8 @@ def test_earliest_settled_and_the_probes_it_saves(tiny_llama):
 
 
 def test_layer_agreement_counts_instances_that_already_give_the_final_answer():
-    from adainfer.evaluate import agreement_metrics, layer_agreement
-    from adainfer.features import LayerRecords
+    from adainfer.decide.metrics import agreement_metrics, layer_agreement
+    from adainfer.decide.records import LayerRecords
 
     argmax = np.array([[1, 2, 3], [3, 3, 3], [4, 2, 2], [5, 5, 6]])
     gap = np.zeros(argmax.shape, dtype=np.float32)

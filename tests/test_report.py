@@ -23,12 +23,12 @@ import pandas as pd
 import pytest
 from conftest import REPO, compose_cfg, paper
 
-from adainfer import pipeline
 from adainfer.errors import AdaInferError
 from adainfer.report import build_report, build_tables, load_runs
 from adainfer.report.cli import main as report_main
 from adainfer.report.runs import GEN_METRICS
 from adainfer.report.tables import GEN_KEYS, generation_table
+from adainfer.run import job as pipeline
 
 EXPERIMENT = "sweep"
 SMALL = ["task.n_train=16", "task.n_test=8"]

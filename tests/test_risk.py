@@ -10,13 +10,11 @@ import pytest
 from conftest import compose_cfg
 from test_cli import run_py
 
-from adainfer import pipeline
-from adainfer.bounds import binomial_p_value, hb_p_value, wsr_p_value
-from adainfer.errors import AdaInferError
-from adainfer.evaluate import apply_exits
-from adainfer.features import LayerRecords
-from adainfer.policies import GapThreshold
-from adainfer.risk import (
+from adainfer.decide.bounds import binomial_p_value, hb_p_value, wsr_p_value
+from adainfer.decide.metrics import apply_exits
+from adainfer.decide.policies import GapThreshold
+from adainfer.decide.records import LayerRecords
+from adainfer.decide.risk import (
     RiskLimit,
     calibrate,
     losses,
@@ -26,6 +24,8 @@ from adainfer.risk import (
     risk_p_value,
     upper_bound,
 )
+from adainfer.errors import AdaInferError
+from adainfer.run import job as pipeline
 
 
 def population(n: int, layers: int = 12, seed: int = 0, overthink: float = 0.0) -> LayerRecords:
@@ -248,8 +248,8 @@ def test_hb_is_never_sharper_than_the_binomial_on_0_1_losses(n, epsilon):
     [("binomial", "flip", 230), ("hb", "flip", 230), ("wsr", "flip", 310), ("wsr", "drop", 318)],
 )
 def test_how_many_loss_free_instances_each_bound_needs(bound, loss, needed):
-    """docs/RISK.md, "Bounds and losses": at ε = 1 point and δ = 0.1, the fewest calibration
-    instances that certify a threshold losing (and fixing) none."""
+    """docs/studies/2026-11-30-bounds-and-losses.md: at ε = 1 point and δ = 0.1, the fewest
+    calibration instances that certify a threshold losing (and fixing) none."""
     limit = RiskLimit(0.01, 0.1, bound=bound, loss=loss)
     none_lost = np.zeros(needed, dtype=np.int64)
     assert risk_p_value(none_lost, limit) <= 0.1 < risk_p_value(none_lost[1:], limit)
@@ -352,7 +352,7 @@ def test_a_mismatched_bound_and_loss_exit_2_at_compose(tmp_path):
 
 
 def test_the_run_says_in_one_line_what_it_saved_and_what_it_guaranteed():
-    from adainfer.pipeline import verdict
+    from adainfer.run.verdict import verdict
 
     metrics = {"honest_flops_ratio": 0.8, "flops_ratio": 0.7, "acc_drop": 0.01, "risk_n": 400.0}
     limit = RiskLimit(0.05, 0.1, bound="wsr", loss="drop")
@@ -389,7 +389,7 @@ def test_the_default_job_runs_end_to_end_and_says_what_it_guaranteed(
             f"traces.dir={tmp_path}",
         ]
     )
-    with caplog.at_level(logging.INFO, logger="adainfer.pipeline"):
+    with caplog.at_level(logging.INFO, logger="adainfer.run.job"):
         metrics = pipeline.run(cfg)
     (line,) = [r.getMessage() for r in caplog.records if "the full model's FLOPs" in r.getMessage()]
     if metrics["risk_certified"]:

@@ -18,11 +18,11 @@ from conftest import QUIET, compose_cfg
 from omegaconf import OmegaConf
 from test_faults import _statuses, runs, start_job
 
-from adainfer import pipeline
-from adainfer.extract import prepare
+from adainfer.compose.resume import config_hash
+from adainfer.extract.extractor import prepare
+from adainfer.extract.passes import extract_records
 from adainfer.files import exclusive
-from adainfer.resume import config_hash
-from adainfer.runner import extract_records
+from adainfer.run import job as pipeline
 from adainfer.tasks import RuleTask
 
 # One LLM pass of several seconds on 2 CPU cores (8 layers of 384 over 400 5-shot prompts), so

@@ -17,15 +17,15 @@ from conftest import compose_cfg
 from test_cli import run_py
 from transformers import LlamaConfig
 
-from adainfer import pipeline
-from adainfer.costs import BatchWork, read_prices, single_prompt_work, trace_flops_ratio
+from adainfer.compose.settings import check_settings
+from adainfer.decide.costs import BatchWork, read_prices, single_prompt_work, trace_flops_ratio
+from adainfer.decide.policies import GapThreshold, StatePolicy, SVMPolicy, first_exit, load_policy
+from adainfer.decide.records import LayerRecords
+from adainfer.decide.risk import RiskLimit, calibrate, resplit_check
+from adainfer.decide.schedule import InstanceCosts, ReadPrices, best_schedule, instance_costs
 from adainfer.engine import FixedExit
 from adainfer.errors import AdaInferError
-from adainfer.policies import GapThreshold, StatePolicy, SVMPolicy, first_exit, load_policy
-from adainfer.records import LayerRecords
-from adainfer.risk import RiskLimit, calibrate, resplit_check
-from adainfer.schedule import InstanceCosts, ReadPrices, best_schedule, instance_costs
-from adainfer.settings import check_settings
+from adainfer.run import job as pipeline
 
 CONFIG = LlamaConfig(
     num_hidden_layers=8,
@@ -187,7 +187,7 @@ def test_the_chosen_schedules_cost_is_the_honest_flops_and_no_schedule_is_cheape
     L = CONFIG.num_hidden_layers
     lens = None
     if kind == "gap tuned":
-        from adainfer.probes import TunedLens
+        from adainfer.llm.lenses import TunedLens
 
         lens = TunedLens.identity(L, CONFIG.hidden_size)
     prices = read_prices(CONFIG, lens)
@@ -355,7 +355,7 @@ def test_auto_needs_prices_and_a_fit():
     policy = GapThreshold(schedule="auto")
     with pytest.raises(AdaInferError, match="schedule='auto'.*not fitted yet"):
         policy.exit_layers(records)
-    with pytest.raises(AdaInferError, match="prices=adainfer.costs.read_prices"):
+    with pytest.raises(AdaInferError, match="prices=adainfer.decide.costs.read_prices"):
         policy.fit(records)
 
 

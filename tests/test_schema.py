@@ -11,7 +11,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from test_cli import run_py
 
-from adainfer.settings import check_settings
+from adainfer.compose.settings import check_settings
 
 SNAPSHOT = REPO / "tests" / "data" / "composed_configs.json"
 OPTIONS = [
@@ -39,7 +39,7 @@ OPTIONS = [
 # classifier its read price (read_price: null, a probe priced at its FLOPs, as before).
 # classifier=state is
 # new since the snapshot: its entry was taken when it was added, in the snapshot's shape.
-THRESHOLD_SHOWN = ("adainfer.policies.SVMPolicy", "adainfer.policies.CRFPolicy")
+THRESHOLD_SHOWN = ("adainfer.decide.policies.SVMPolicy", "adainfer.decide.policies.CRFPolicy")
 FAMILY = {"llama2_7b": "llama", "llama2_13b": "llama", "llama2_70b": "llama", "opt_13b": "opt"}
 
 
@@ -135,7 +135,7 @@ def test_every_task_with_a_fit_split_size_hands_it_to_what_it_builds(override, d
     members, or on each member node of a suite of nodes (classification, qa)."""
     from omegaconf import DictConfig
 
-    from adainfer.job import build
+    from adainfer.compose.inputs import build
 
     cfg = compose_cfg([override])
     nodes = cfg.task.tasks.values() if isinstance(cfg.task.get("tasks"), DictConfig) else []

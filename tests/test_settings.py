@@ -11,9 +11,9 @@ from conftest import CONF, compose_cfg
 from hydra import compose, initialize_config_dir
 from test_cli import run_py
 
-from adainfer import pipeline
+from adainfer.compose.settings import check_settings
 from adainfer.errors import AdaInferError
-from adainfer.settings import check_settings
+from adainfer.run import job as pipeline
 
 BAD = [
     ("shots=abc", "shots='abc' is not a whole number >= 0"),
@@ -101,7 +101,8 @@ def test_several_mistakes_are_listed_in_one_message():
 def test_checking_a_job_imports_nothing_heavy():
     """run.py checks config and data through these modules before the heavy stack loads."""
     code = (
-        "import sys, adainfer, adainfer.cli, adainfer.job, adainfer.settings, adainfer.tasks\n"
+        "import sys, adainfer, adainfer.run.cli, adainfer.compose.inputs, "
+        "adainfer.compose.settings, adainfer.tasks\n"
         "heavy = ('torch', 'transformers', 'lightning', 'mlflow')\n"
         "print(','.join(m for m in heavy if m in sys.modules))"
     )

@@ -12,8 +12,8 @@ import pytest
 from conftest import REPO, compose_cfg, paper
 from test_cli import run_py, runs_in
 
-from adainfer import pipeline
 from adainfer.errors import AdaInferError
+from adainfer.run import job as pipeline
 
 SST2 = ["task=sst2", "task.n_train=12", "task.n_test=8"]
 SMALL = ["model=tiny_llama", *SST2, "shots=1"]
@@ -132,3 +132,43 @@ def test_decide_without_traces_says_to_extract_and_opens_no_run(tmp_path):
 def test_a_stage_that_cannot_work_is_refused_before_anything_loads(overrides, message):
     with pytest.raises(AdaInferError, match=message):
         pipeline.run(compose_cfg(["model=tiny_llama", *overrides]))
+
+
+# run.py where torch, transformers and Lightning cannot be imported: each attempt fails, and is
+# listed at exit (a library may try one and do without it).
+BLOCKED = """
+import atexit, importlib.abc, runpy, sys
+HEAVY = {"torch", "transformers", "lightning", "pytorch_lightning", "accelerate"}
+tried = set()
+class Unimportable(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HEAVY:
+            tried.add(name.split(".")[0])
+            raise ImportError(f"{name} cannot be imported on this machine")
+        return None
+sys.meta_path.insert(0, Unimportable())
+atexit.register(lambda: print("TRIED: " + ",".join(sorted(tried)), file=sys.stderr))
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_decide_runs_where_torch_transformers_and_lightning_cannot_be_imported(tmp_path):
+    traces = f"traces.dir={tmp_path / 'traces'}"
+    setting = [*SMALL, "probe=tuned", "task.n_calibration=12", "risk.epsilon=0.2", traces]
+    # classifier=state: its traces keep the hidden states, and the same pass stores them without
+    extracted = run_watched(["stage=extract", *setting, "classifier=state"], tmp_path)
+    assert extracted.returncode == 0, extracted.stderr[-3000:]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    command = [sys.executable, "-c", BLOCKED, str(REPO / "run.py")]
+    command += paper(["-m", "stage=decide", *setting, "classifier=svm,gap,state"])
+    command += [f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    decided = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert decided.returncode == 0, decided.stderr[-3000:]
+    assert "TRIED: " in decided.stderr, "the blocker did not run"
+    found = runs_in(tmp_path)
+    assert sorted(found["params.classifier"]) == ["gap", "state", "svm"]
+    assert set(found.status) == {"FINISHED"}
+    assert set(found["tags.adainfer.stage"]) == {"decide"}
+    assert found["metrics.honest_flops_ratio"].notna().all()
+    assert (found["params.n_calibration"] == "12").all()

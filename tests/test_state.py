@@ -15,15 +15,15 @@ from conftest import compose_cfg
 from hydra.errors import ConfigCompositionException
 from test_engine import _ids, _padded, fitted, traced
 
-from adainfer import pipeline
-from adainfer.costs import ModelDims, classifier_flops
+from adainfer.compose.inputs import load_inputs
+from adainfer.compose.settings import check_settings
+from adainfer.decide.costs import ModelDims, classifier_flops
+from adainfer.decide.policies import StatePolicy, load_policy
+from adainfer.decide.records import LayerRecords
+from adainfer.decide.risk import RiskLimit, calibrate
 from adainfer.engine import EarlyExitEngine
 from adainfer.errors import AdaInferError
-from adainfer.job import load_inputs
-from adainfer.policies import StatePolicy, load_policy
-from adainfer.records import LayerRecords
-from adainfer.risk import RiskLimit, calibrate
-from adainfer.settings import check_settings
+from adainfer.run import job as pipeline
 
 
 def _settling(seed: int, n: int = 60, L: int = 5, h: int = 8) -> LayerRecords:

@@ -6,9 +6,9 @@ import mlflow
 import pytest
 from conftest import compose_cfg
 
-from adainfer import pipeline
-from adainfer.encoding import check_label_tokens, encode_prompts
 from adainfer.errors import AdaInferError
+from adainfer.llm.encoding import check_label_tokens, encode_prompts
+from adainfer.run import job as pipeline
 from adainfer.tasks import Example, RuleTask, build_prompts
 
 

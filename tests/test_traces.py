@@ -12,12 +12,16 @@ import pytest
 import torch
 from conftest import compose_cfg
 
-from adainfer import pipeline, tracking
-from adainfer.features import HIDDEN_FORMAT, RECORDED, LayerRecords, probe_layers
-from adainfer.models import cache
-from adainfer.policies import SVMPolicy
+from adainfer.choices import RECORDED
+from adainfer.decide.policies import SVMPolicy
+from adainfer.decide.records import HIDDEN_FORMAT, LayerRecords
+from adainfer.extract import extractor
+from adainfer.extract.store import TraceKey, TraceStore, data_digest
+from adainfer.llm import cache
+from adainfer.llm.readout import probe_layers
+from adainfer.run import job as pipeline
+from adainfer.run import tracking
 from adainfer.tasks import RuleTask
-from adainfer.traces import TraceKey, TraceStore, data_digest
 
 
 def _cfg(tracking_uri, tmp_path, experiment, *extra):
@@ -45,7 +49,7 @@ def _runs(tracking_uri, experiment):
 @pytest.fixture
 def encoded(tiny_llama):
     task = RuleTask(n_train=12, n_test=6)
-    return pipeline.prepare(task, task.load(), tiny_llama, 2, 0)
+    return extractor.prepare(task, task.load(), tiny_llama, 2, 0)
 
 
 def _key(encoded, **changes) -> TraceKey:
@@ -63,7 +67,7 @@ def _key(encoded, **changes) -> TraceKey:
 
 
 def test_frame_round_trip(tiny_llama, encoded):
-    records = pipeline.evaluate(tiny_llama, SVMPolicy(), *encoded, batch_size=4).test
+    records = extractor.evaluate(tiny_llama, SVMPolicy(), *encoded, batch_size=4).test
     again = LayerRecords.from_frame(records.to_frame())
     assert np.array_equal(again.argmax, records.argmax) and np.array_equal(again.gold, records.gold)
     for name, values in records.values.items():
@@ -71,7 +75,7 @@ def test_frame_round_trip(tiny_llama, encoded):
 
 
 def test_trace_reused_only_for_identical_settings(tiny_llama, encoded, tmp_path):
-    from adainfer.runner import extract_records
+    from adainfer.extract.passes import extract_records
 
     store = TraceStore(tmp_path)
     train, _ = encoded
@@ -91,14 +95,14 @@ def test_trace_reused_only_for_identical_settings(tiny_llama, encoded, tmp_path)
         assert store.get(_key(train, **change)) is None, change
     # Different prompts (another seed's demonstrations) give another data digest.
     task = RuleTask(n_train=12, n_test=6)
-    other, _ = pipeline.prepare(task, task.load(), tiny_llama, 2, 5)
+    other, _ = extractor.prepare(task, task.load(), tiny_llama, 2, 5)
     assert data_digest(other) != data_digest(train)
     again = store.get_or_compute(key, lambda: pytest.fail("must not recompute"))
     assert np.array_equal(again.argmax, first.argmax) and store.hits == 1
 
 
 def test_truncated_or_corrupt_trace_is_recomputed(tiny_llama, encoded, tmp_path, caplog):
-    from adainfer.runner import extract_records
+    from adainfer.extract.passes import extract_records
 
     store = TraceStore(tmp_path)
     train, _ = encoded
@@ -117,7 +121,7 @@ def test_truncated_or_corrupt_trace_is_recomputed(tiny_llama, encoded, tmp_path,
 def test_second_policy_reads_traces_without_loading_weights(tracking_uri, tmp_path, monkeypatch):
     first = pipeline.run(_cfg(tracking_uri, tmp_path, "reuse", "classifier=never"))
     loads = []
-    from adainfer.models.loading import LoadedModel
+    from adainfer.llm.loading import LoadedModel
 
     original = LoadedModel.model.fget
     monkeypatch.setattr(
@@ -251,7 +255,7 @@ def umask_022():
 
 
 def test_cache_files_get_the_modes_the_umask_allows(tiny_llama, encoded, tmp_path, umask_022):
-    records = pipeline.evaluate(tiny_llama, SVMPolicy(), *encoded, batch_size=4).test
+    records = extractor.evaluate(tiny_llama, SVMPolicy(), *encoded, batch_size=4).test
     path = TraceStore(tmp_path / "traces").put(_key(encoded[1]), records)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0600
 
@@ -275,7 +279,7 @@ def test_read_only_trace_cache_warns_and_the_run_finishes(tracking_uri, tmp_path
     afile.write_text("a file, not a folder")
     cfg = _cfg(tracking_uri, tmp_path, "read_only_cache", f"traces.dir={afile / 'traces'}")
     assert cfg.traces.dir == str(afile / "traces")
-    with caplog.at_level("WARNING", logger="adainfer.pipeline"):
+    with caplog.at_level("WARNING", logger="adainfer.run.job"):
         metrics = pipeline.run(cfg)
     assert "acc" in metrics
     warned = [r.getMessage() for r in caplog.records if "is not writable" in r.getMessage()]
@@ -288,12 +292,12 @@ def test_read_only_trace_cache_warns_and_the_run_finishes(tracking_uri, tmp_path
 
 
 def test_failed_trace_write_keeps_the_records(tiny_llama, encoded, tmp_path, caplog):
-    records = pipeline.evaluate(tiny_llama, SVMPolicy(), *encoded, batch_size=4).test
+    records = extractor.evaluate(tiny_llama, SVMPolicy(), *encoded, batch_size=4).test
     store = TraceStore(tmp_path / "traces")
     # The write fails whoever runs it (as on a disk that filled up during the pass): a file
     # stands where the store's folder should be.
     (tmp_path / "traces").write_text("")
-    with caplog.at_level("WARNING", logger="adainfer.traces"):
+    with caplog.at_level("WARNING", logger="adainfer.extract.store"):
         got = store.get_or_compute(_key(encoded[1]), lambda: records)
     assert got is records
     assert "could not store trace" in caplog.text and str(tmp_path / "traces") in caplog.text
@@ -304,7 +308,7 @@ def test_a_trace_with_hidden_states_is_reused_only_for_identical_settings(
 ):
     """A policy that reads hidden states (classifier=state) gets traces that keep them, under
     keys of their own: never a trace without them, nor one of another setting."""
-    from adainfer.runner import extract_records
+    from adainfer.extract.passes import extract_records
 
     store = TraceStore(tmp_path)
     train, _ = encoded

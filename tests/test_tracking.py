@@ -5,7 +5,8 @@ from __future__ import annotations
 import mlflow
 from conftest import compose_cfg
 
-from adainfer import pipeline, tracking
+from adainfer.run import job as pipeline
+from adainfer.run import tracking
 
 
 def test_a_run_leaves_its_experiment_marked_as_model_training(tracking_uri):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from adainfer.decide.flops import flops_ratio
+from adainfer.decide.policies import CRFPolicy, GapThreshold, NeverExit, SVMPolicy, first_exit
+from adainfer.decide.records import LayerRecords
 from adainfer.errors import AdaInferError
-from adainfer.features import LayerRecords
-from adainfer.flops import flops_ratio
-from adainfer.policies import CRFPolicy, GapThreshold, NeverExit, SVMPolicy, first_exit
 from adainfer.tasks import Example, FunctionVectorsTask, PromptTemplate, RuleTask, build_prompts
 
 

@@ -6,14 +6,14 @@ Usable without Hydra::
     result = EarlyExitEngine(loaded, fitted_policy).run(encoded.input_ids, batch_size=16)
     result.exit_layer, result.prediction
 
-See docs/ENGINE.md for the design and ``adainfer.costs`` for what a run costs.
+See docs/ENGINE.md for the design and ``adainfer.decide.costs`` for what a run costs.
 """
 
 from adainfer.engine.core import BatchWork, EarlyExitEngine, EngineResult
 from adainfer.engine.generation import generate
 from adainfer.engine.inputs import ENGINE_MODEL_TYPES, LayerInputs, layer_inputs
 from adainfer.engine.kv import KV_FILLS
-from adainfer.engine.online import FixedExit, check_online, check_policy, is_online
+from adainfer.engine.online import FixedExit, check_online, check_policy
 from adainfer.engine.result import Generation, TokenWork
 
 __all__ = [
@@ -29,6 +29,5 @@ __all__ = [
     "check_online",
     "check_policy",
     "generate",
-    "is_online",
     "layer_inputs",
 ]

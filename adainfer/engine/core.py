@@ -9,7 +9,7 @@ that stop are probed, for their answer): their
 hidden states, masks and position tensors are index-selected away, so the next layer runs on
 fewer rows. The result holds, per prompt, the exit layer, the prediction there, and the
 features of every layer it visited, plus a log of the work done (:class:`BatchWork`) for
-``adainfer.costs``.
+``adainfer.decide.costs``.
 """
 
 from __future__ import annotations
@@ -21,17 +21,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adainfer.batching import length_order, pad_right
-from adainfer.capture import Hooks, last_token
+from adainfer.choices import RECORDED
+from adainfer.decide.policies import ExitPolicy
+from adainfer.decide.records import LayerRecords
 from adainfer.engine.inputs import LayerInputs, check_supported, layer_inputs
 from adainfer.engine.online import check_policy, decide, one_layer_view
 from adainfer.engine.result import BatchWork, EngineResult, Outputs
 from adainfer.errors import AdaInferError
-from adainfer.features import RECORDED, LayerRecords, half_state, readout
-from adainfer.models.loading import LoadedModel
-from adainfer.models.placement import input_device
-from adainfer.policies import ExitPolicy
-from adainfer.probes import LogitLens, Probe, check_probe
+from adainfer.llm.batching import length_order, pad_right
+from adainfer.llm.capture import Hooks, last_token
+from adainfer.llm.lenses import LogitLens, Probe, check_probe
+from adainfer.llm.loading import LoadedModel
+from adainfer.llm.placement import input_device
+from adainfer.llm.readout import half_state, readout
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +133,7 @@ class EarlyExitEngine:
         record: tuple[str, ...] = (),
     ) -> None:
         self.loaded = loaded
-        self.lens = probe or LogitLens()  # what reads a layer (adainfer.probes)
+        self.lens = probe or LogitLens()  # what reads a layer (adainfer.llm.lenses)
         self.model = loaded.model
         self.parts = loaded.parts
         check_supported(self.model)
@@ -168,7 +170,7 @@ class EarlyExitEngine:
                 raise AdaInferError(
                     f"prompt {i} is {len(ids)} tokens, longer than the model's context of "
                     f"{self.loaded.max_length} (max_position_embeddings)",
-                    "shorten it (adainfer.encoding.encode_prompts drops demonstrations to fit)",
+                    "shorten it (adainfer.llm.encoding.encode_prompts drops demonstrations to fit)",
                 )
             if min(ids) < 0 or max(ids) >= vocab:
                 raise AdaInferError(
@@ -181,7 +183,7 @@ class EarlyExitEngine:
     ) -> list[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         """(prompt indices, input_ids, attention_mask) per batch, right-padded.
 
-        Prompts are sorted by length first (:mod:`adainfer.batching`, as for the feature
+        Prompts are sorted by length first (:mod:`adainfer.llm.batching`, as for the feature
         extraction) so a batch wastes little compute on padding; the indices put results back
         in input order.
         """

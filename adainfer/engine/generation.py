@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from adainfer.batching import length_order, pad_left
 from adainfer.engine.core import EarlyExitEngine, _Capture, _Rows
 from adainfer.engine.inputs import decode_inputs, layer_types, rope_at
 from adainfer.engine.kv import SkippedKV, check_fillable, check_kv_fill
 from adainfer.engine.result import BatchWork, Generation, Outputs, TokenWork
 from adainfer.errors import AdaInferError
+from adainfer.llm.batching import length_order, pad_left
 
 
 class _Step(_Rows):

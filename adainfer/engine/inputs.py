@@ -6,7 +6,7 @@ runs the layers itself, so this module does that preparation, family by family, 
 calls the backbone makes (its ``embed_tokens``, ``rotary_emb``, ``embed_positions`` and
 ``transformers.masking_utils``), and can drop finished rows from all of it (:meth:`select`).
 
-The families and their model types are those of :data:`adainfer.models.arch.FAMILIES`, the one
+The families and their model types are those of :data:`adainfer.llm.arch.FAMILIES`, the one
 list: every model adainfer can probe, the engine can run.
 
 - Llama-like (Llama incl. SmolLM2, Mistral, Qwen2/3, Gemma 1/2, Phi-3): one rotary embedding, a
@@ -27,7 +27,7 @@ import torch
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from adainfer.errors import AdaInferError
-from adainfer.models.arch import FAMILIES
+from adainfer.llm.arch import FAMILIES
 
 FULL, SLIDING = "full_attention", "sliding_attention"
 _MASKS = {FULL: create_causal_mask, SLIDING: create_sliding_window_causal_mask}
@@ -75,7 +75,7 @@ def check_supported(model: torch.nn.Module) -> str:
             f"the early-exit engine cannot run model type {model_type!r}: it builds each "
             "family's masks and position embeddings itself",
             f"use one of {sorted(ENGINE_MODEL_TYPES)}, or evaluate exits on layer traces "
-            "(adainfer.evaluate.apply_exits), which support every model adainfer can probe",
+            "(adainfer.decide.metrics.apply_exits), which support every model adainfer can probe",
         )
     if getattr(model.config, "use_bidirectional_attention", False):
         raise AdaInferError(

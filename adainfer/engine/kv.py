@@ -33,8 +33,8 @@ from collections.abc import Callable
 import torch
 from transformers import DynamicCache
 
+from adainfer.choices import KV_FILLS
 from adainfer.errors import AdaInferError
-from adainfer.settings import KV_FILLS
 
 Rope = tuple[torch.Tensor, torch.Tensor] | None
 
@@ -95,7 +95,7 @@ class SkippedKV:
     after :meth:`fill_pending` in ``recompute`` mode), :meth:`exited` for rows that stop,
     :meth:`rest` when every row stopped before the last layer; :meth:`select` when rows leave.
     ``fills`` counts the entries computed for each row (K/V projections of one position at one
-    layer), what ``adainfer.costs`` charges a fill.
+    layer), what ``adainfer.decide.costs`` charges a fill.
     """
 
     def __init__(

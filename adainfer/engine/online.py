@@ -15,10 +15,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from adainfer.decide.policies import ExitPolicy
+from adainfer.decide.policies.base import FirstLayer, Schedule, check_online
+from adainfer.decide.records import LayerRecords
 from adainfer.errors import AdaInferError
-from adainfer.features import LayerRecords
-from adainfer.policies import ExitPolicy
-from adainfer.policies.base import FirstLayer, Schedule, check_online
 
 
 class FixedExit(ExitPolicy):
@@ -60,11 +60,6 @@ class FixedExit(ExitPolicy):
         return super().params() | {"layer": self.layer}
 
 
-def is_online(policy: ExitPolicy) -> bool:
-    """Whether the engine can run ``policy`` (:attr:`ExitPolicy.online`)."""
-    return policy.online
-
-
 def check_policy(policy: ExitPolicy, num_layers: int) -> None:
     """Refuse policies the engine cannot run on this model, with the reason and the fix."""
     check_online(policy)
@@ -72,7 +67,8 @@ def check_policy(policy: ExitPolicy, num_layers: int) -> None:
         raise AdaInferError(
             f"policy {policy.name!r} was fitted on records of {policy.num_layers} layers, but "
             f"this model has {num_layers}",
-            "fit the policy on layer records of this model (adainfer.runner.extract_records)",
+            "fit the policy on layer records of this model "
+            "(adainfer.extract.passes.extract_records)",
         )
     if not 1 <= policy.first_layer <= num_layers:
         raise AdaInferError(
@@ -84,12 +80,6 @@ def check_policy(policy: ExitPolicy, num_layers: int) -> None:
             f"policy {policy.name!r} is not fitted",
             "call policy.fit(records) with layer records of this model first",
         )
-
-
-def needs_features(policy: ExitPolicy) -> bool:
-    """Whether the policy reads probe features, so every visited layer must be probed
-    (:attr:`ExitPolicy.reads_probe`)."""
-    return policy.reads_probe
 
 
 def one_layer_view(

@@ -1,4 +1,4 @@
-"""What the engine returns, and the log of the work it did (for ``adainfer.costs``)."""
+"""What the engine returns, and the log of the work it did (for ``adainfer.decide.costs``)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from adainfer.costs import BatchWork  # noqa: F401 - re-exported: the work log it prices
+from adainfer.choices import RECORDED
+from adainfer.decide.costs import BatchWork  # noqa: F401 - re-exported: the work log it prices
+from adainfer.decide.records import LayerRecords
 from adainfer.engine.online import one_layer_view
-from adainfer.features import RECORDED, LayerRecords
 
 
 @dataclass

@@ -46,7 +46,7 @@ COLUMNS = (
     "probe",
     "gen_kv_fill",
 )
-# What ``task.generate=true`` logs (adainfer.generate_job), in the generation table's order;
+# What ``task.generate=true`` logs (adainfer.run.generation), in the generation table's order;
 # a run that generated nothing has none of them. ``_full``: the full model; without: early exit.
 GEN_METRICS = (
     "gen_em_full",

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from adainfer.choices import SST2_TRAIN_ROWS
 from adainfer.errors import AdaInferError
-from adainfer.settings import SST2_TRAIN_ROWS
 from adainfer.tasks.base import Example, Splits
 from adainfer.tasks.data import DataTask, sampled_splits
 from adainfer.tasks.hub import Source, load_rows, origin

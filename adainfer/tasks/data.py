@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from adainfer.choices import CALIBRATION_SOURCES, TEST_SOURCES
 from adainfer.errors import AdaInferError
-from adainfer.settings import CALIBRATION_SOURCES, TEST_SOURCES
 from adainfer.tasks.base import Example, Splits, cap, check_examples, hold_out, shuffled_split
 from adainfer.tasks.prompts import PromptTemplate
 
@@ -258,10 +258,10 @@ class DataTask:
     # instances after the train sample and the calibration split; needs calibration_from=train).
     test_from: str = "test"
     template: PromptTemplate = field(default_factory=PromptTemplate)
-    # Also generate the test answers and score them as text (adainfer.generate_job): tasks
+    # Also generate the test answers and score them as text (adainfer.run.generation): tasks
     # whose answers are free text (SQuAD, Function Vectors); at most max_new_tokens each.
     generate: bool = False
     max_new_tokens: int = 16
     # How a generated answer is scored: "exact" (as written, less outer whitespace) or "squad"
-    # (SQuAD's normalized exact match and token F1): adainfer.answer_match.
+    # (SQuAD's normalized exact match and token F1): adainfer.tasks.answer_match.
     text_scores: ClassVar[str] = "exact"

@@ -3,7 +3,7 @@
 Needs no data files, so the default job runs anywhere. The sequences are words and letters
 only. Digits were once left out because tokenizers like SmolLM2's and Gemma-3's split " 5" into
 a bare space and "5"; the encoder now ends such a prompt with that space and scores "5" (see
-:func:`adainfer.encoding.answer_start`), so a digit sequence could be added.
+:func:`adainfer.llm.encoding.answer_start`), so a digit sequence could be added.
 """
 
 from __future__ import annotations
