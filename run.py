@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from adainfer import cli
+from adainfer.run import cli
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
