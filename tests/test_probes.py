@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
-from conftest import QUIET, compose_cfg
+from conftest import QUIET, TINY_SPECS, compose_cfg
 
 from adainfer.decide.costs import ModelDims, trace_flops_ratio
 from adainfer.decide.policies import GapThreshold, NeverExit, OracleConsistent
@@ -14,7 +17,15 @@ from adainfer.engine import EarlyExitEngine
 from adainfer.errors import AdaInferError
 from adainfer.extract import extractor
 from adainfer.extract.passes import extract_records, extract_records_multi
-from adainfer.llm.lenses import LensStore, LogitLens, TunedLens, fit_tuned_lens, load_probe
+from adainfer.llm.lenses import (
+    Lens,
+    LensStore,
+    LogitLens,
+    TunedLens,
+    fit_tuned_lens,
+    load_probe,
+    unembedding_hash,
+)
 from adainfer.run import job as pipeline
 from adainfer.run.tracking import load_run_probe
 from adainfer.tasks import FunctionVectorsTask, RuleTask
@@ -96,6 +107,65 @@ def test_lens_of_another_model_is_refused(tiny_llama):
         extract_records(tiny_llama, test, 8, QUIET, probe=other)
     with pytest.raises(AdaInferError, match="fit the tuned lens on this model"):
         EarlyExitEngine(tiny_llama, NeverExit(), other)
+
+
+def test_a_saved_lens_names_its_model_and_is_refused_by_another_of_the_same_shape(
+    tiny_llama, tmp_path
+):
+    """As tuned-lens does: the lens records the model it was fitted on and a hash of that
+    model's LM head; the same depth and width with other weights is not its model."""
+    train, test = _prompts(tiny_llama)
+    lens = fit_tuned_lens(tiny_llama, train, 8, trainer_kwargs=QUIET)
+    assert lens.base_model == tiny_llama.identity
+    assert lens.unembedding == unembedding_hash(tiny_llama.parts.lm_head)
+    lens.save(tmp_path / "saved")
+    again = load_probe(tmp_path / "saved")
+    assert (again.base_model, again.unembedding) == (lens.base_model, lens.unembedding)
+    extract_records(tiny_llama, test, 8, QUIET, probe=again)  # its own model: fine
+    reseeded = replace(TINY_SPECS["llama"](), seed=1).load()
+    assert reseeded.identity != tiny_llama.identity
+    assert unembedding_hash(reseeded.parts.lm_head) != lens.unembedding
+    with pytest.raises(AdaInferError, match="was fitted on the model"):
+        extract_records(reseeded, test, 8, QUIET, probe=again)
+    with pytest.raises(AdaInferError, match="was fitted on the model"):
+        EarlyExitEngine(reseeded, NeverExit(), again)
+
+
+def test_a_new_lens_is_one_class_that_saves_and_loads_by_its_name(tiny_llama, tmp_path):
+    """The registry: a subclass of Lens with a name is what load_probe builds from a folder
+    whose probe.json names it; an unknown name is refused with the known ones."""
+
+    class Scaled(Lens):
+        name = "scaled_for_test"
+
+        def __init__(self, factor: float = 1.0) -> None:
+            self.factor = factor
+
+        def translate(self, hidden, layer=None):
+            return hidden * self.factor
+
+        def save(self, folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            meta = {"probe": self.name, "factor": self.factor}
+            (folder / "probe.json").write_text(json.dumps(meta))
+
+        @classmethod
+        def _load(cls, folder, meta):
+            return cls(meta["factor"])
+
+    try:
+        Scaled(2.0).save(tmp_path / "scaled")
+        again = load_probe(tmp_path / "scaled")
+        assert isinstance(again, Scaled) and again.factor == 2.0
+        _, test = _prompts(tiny_llama)
+        plain = extract_records(tiny_llama, test, 8, QUIET)
+        same = extract_records(tiny_llama, test, 8, QUIET, probe=Scaled(1.0))
+        np.testing.assert_array_equal(same.argmax, plain.argmax)
+    finally:
+        Lens.registry.pop("scaled_for_test", None)
+    (tmp_path / "scaled" / "probe.json").write_text(json.dumps({"probe": "scaled_for_test"}))
+    with pytest.raises(AdaInferError, match="unknown saved probe 'scaled_for_test'"):
+        load_probe(tmp_path / "scaled")
 
 
 def test_honest_flops_count_probes_and_translators(tiny_llama):

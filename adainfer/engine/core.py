@@ -30,7 +30,7 @@ from adainfer.engine.result import BatchWork, EngineResult, Outputs
 from adainfer.errors import AdaInferError
 from adainfer.llm.batching import length_order, pad_right
 from adainfer.llm.capture import Hooks, last_token
-from adainfer.llm.lenses import LogitLens, Probe, check_probe
+from adainfer.llm.lenses import Lens, LogitLens, check_probe
 from adainfer.llm.loading import LoadedModel
 from adainfer.llm.placement import input_device
 from adainfer.llm.readout import half_state, readout
@@ -129,7 +129,7 @@ class EarlyExitEngine:
         self,
         loaded: LoadedModel,
         policy: ExitPolicy,
-        probe: Probe | None = None,
+        probe: Lens | None = None,
         record: tuple[str, ...] = (),
     ) -> None:
         self.loaded = loaded
@@ -139,7 +139,7 @@ class EarlyExitEngine:
         check_supported(self.model)
         self.num_layers = self.parts.num_layers
         check_policy(policy, self.num_layers)
-        check_probe(self.lens, self.num_layers, loaded.hidden_size)
+        check_probe(self.lens, self.num_layers, loaded.hidden_size, loaded.identity)
         self.policy = policy
         self.probe_every_layer = policy.reads_probe  # every layer it is asked at, and the last
         self.score_state = policy.scores_state  # a head on hidden states: no probe to decide

@@ -25,7 +25,7 @@ from adainfer.engine import EarlyExitEngine, EngineResult, layer_inputs
 from adainfer.engine.online import decide, one_layer_view
 from adainfer.errors import AdaInferError
 from adainfer.llm.batching import on_trainer_device, one_device, probe_trainer
-from adainfer.llm.lenses import Probe
+from adainfer.llm.lenses import Lens
 
 
 @dataclass
@@ -245,7 +245,7 @@ def engine_metrics(
     batch_size: int,
     trace_exits: np.ndarray | None = None,
     gold: np.ndarray | None = None,
-    probe: Probe | None = None,
+    probe: Lens | None = None,
     trainer_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Run a fitted policy online over prompts and return ``engine_*`` metrics for a run.

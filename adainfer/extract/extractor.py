@@ -35,7 +35,7 @@ from adainfer.extract.store import (
 )
 from adainfer.llm import cache
 from adainfer.llm.encoding import EncodedPrompts, check_label_tokens, encode_prompts
-from adainfer.llm.lenses import LensStore, LogitLens, Probe, TunedLens, fit_tuned_lens
+from adainfer.llm.lenses import Lens, LensStore, LogitLens, TunedLens, fit_tuned_lens
 from adainfer.llm.loading import LoadedModel
 from adainfer.tasks.base import Splits, Task
 from adainfer.tasks.prompts import build_prompts
@@ -204,7 +204,7 @@ class Extractor:
         task: str,
         split: str,
         encoded: EncodedPrompts,
-        probe: Probe | None = None,
+        probe: Lens | None = None,
     ) -> LayerRecords:
         return self._keyed(loaded, task, split, encoded, probe)[0]
 
@@ -214,12 +214,12 @@ class Extractor:
         task: str,
         split: str,
         encoded: EncodedPrompts,
-        probe: Probe | None = None,
+        probe: Lens | None = None,
     ) -> tuple[LayerRecords, TraceKey]:
         """:meth:`records`, and the key they are stored under."""
         probe = probe or LogitLens()
 
-        def key(probe: Probe, hidden: bool = self.hidden_states) -> TraceKey:
+        def key(probe: Lens, hidden: bool = self.hidden_states) -> TraceKey:
             return TraceKey(
                 model=loaded.name,
                 model_identity=loaded.identity,
@@ -255,7 +255,7 @@ class Extractor:
             return compute(), key(probe)
         return self.store.get_or_compute(key(probe), compute), key(probe)
 
-    def probe(self, loaded: LoadedModel, train: EncodedPrompts) -> Probe:
+    def probe(self, loaded: LoadedModel, train: EncodedPrompts) -> Lens:
         """The configured probe for ``loaded``; a tuned lens is fitted on ``train``."""
         if self.settings["probe"]["name"] == "logit_lens":
             return LogitLens()

@@ -17,7 +17,7 @@ from adainfer.decide.records import LayerRecords
 from adainfer.llm.batching import LLMPass, length_sorted_loader
 from adainfer.llm.encoding import EncodedPrompts
 from adainfer.llm.gather import first_of_each, predict_batches
-from adainfer.llm.lenses import LogitLens, Probe, check_probe
+from adainfer.llm.lenses import Lens, LogitLens, check_probe
 from adainfer.llm.loading import LoadedModel
 from adainfer.llm.readout import probe_layers
 
@@ -28,8 +28,8 @@ class LayerProbeModule(LLMPass):
     def __init__(
         self,
         loaded: LoadedModel,
-        probe: Probe | None = None,
-        also: tuple[Probe, ...] = (),
+        probe: Lens | None = None,
+        also: tuple[Lens, ...] = (),
         hidden_states: bool = False,
     ) -> None:
         super().__init__(loaded)
@@ -48,7 +48,7 @@ def extract_records(
     encoded: EncodedPrompts,
     batch_size: int,
     trainer_kwargs: dict[str, Any] | None = None,
-    probe: Probe | None = None,
+    probe: Lens | None = None,
     hidden_states: bool = False,
 ) -> LayerRecords:
     """Per-layer features of every prompt through ``probe`` (default: the logit lens), from one
@@ -67,14 +67,14 @@ def extract_records_multi(
     encoded: EncodedPrompts,
     batch_size: int,
     trainer_kwargs: dict[str, Any] | None,
-    probes: list[Probe | None],
+    probes: list[Lens | None],
     hidden_states: bool = False,
 ) -> list[LayerRecords]:
     """:func:`extract_records` through several probes at once: one forward pass per batch (the
     hidden states, when asked, are the model's own: the same array in every probe's records)."""
     probes = [p or LogitLens() for p in probes]
     for probe in probes:
-        check_probe(probe, loaded.num_layers, loaded.hidden_size)
+        check_probe(probe, loaded.num_layers, loaded.hidden_size, loaded.identity)
     loader = length_sorted_loader(loaded, encoded, batch_size)
     module = LayerProbeModule(loaded, probes[0], tuple(probes[1:]), hidden_states)
     batches = predict_batches(module, loader, trainer_kwargs)

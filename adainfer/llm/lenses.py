@@ -27,13 +27,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from adainfer.choices import PROBES
 from adainfer.errors import AdaInferError
 from adainfer.files import LOCKS, cannot_write, exclusive
 from adainfer.llm.batching import LLMPass, length_sorted_loader, one_device, probe_trainer
@@ -45,14 +44,29 @@ from adainfer.llm.placement import dispatched
 log = logging.getLogger(__name__)
 
 
-class LogitLens:
-    """The paper's probe: the final norm and LM head applied to the raw hidden state."""
+class Lens:
+    """What reads an intermediate layer: each layer's hidden state translated into the last
+    layer's basis, then decoded by the model's own final norm and LM head.
 
-    name = "logit_lens"
+    Subclasses register by ``name`` (a config's ``probe.name``, a saved ``probe.json``'s
+    ``probe``), so a new lens is one class: :meth:`translate`, :meth:`flops` (its price per read,
+    which honest FLOPs charge), :attr:`fingerprint` (what trace keys record: equal fingerprints
+    give equal features) and, when it has parameters, :meth:`save` and :meth:`_load`; its name
+    goes into ``adainfer.choices.PROBES`` for the config checks, and
+    ``adainfer.extract.extractor.Extractor.probe`` builds it.
+    """
+
+    name: ClassVar[str]
+    registry: ClassVar[dict[str, type[Lens]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            Lens.registry[cls.name] = cls
 
     def translate(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """``hidden`` [..., L, h] (all layers) or, with ``layer`` (0-based), [..., h]."""
-        return hidden
+        raise NotImplementedError
 
     @property
     def fingerprint(self) -> str:
@@ -60,21 +74,42 @@ class LogitLens:
         return self.name
 
     def flops(self) -> float:
-        """FLOPs of translating one position at one layer (none here)."""
+        """FLOPs of translating one position at one layer."""
         return 0.0
 
     def save(self, folder: Path) -> None:
-        """Nothing to save: a folder without ``probe.json`` loads as the logit lens."""
+        """Write ``probe.json`` (and the parameters) into ``folder``; a folder without
+        ``probe.json`` loads as the logit lens."""
+
+    @classmethod
+    def _load(cls, folder: Path, meta: dict[str, Any]) -> Lens:
+        """Read back what :meth:`save` wrote (``meta``: its ``probe.json``)."""
+        return cls()
+
+
+class LogitLens(Lens):
+    """The paper's probe: the final norm and LM head applied to the raw hidden state."""
+
+    name = "logit_lens"
+
+    def translate(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        return hidden
 
 
 @dataclass
-class TunedLens:
-    """Per-layer affine translators: ``h ↦ h · weight[l] + bias[l]`` before the LM head."""
+class TunedLens(Lens):
+    """Per-layer affine translators: ``h ↦ h · weight[l] + bias[l]`` before the LM head.
+
+    Saved with the model it was fitted on (``base_model``: its identity; ``unembedding``: a
+    hash of its LM head's weights), as tuned-lens does, so a lens is never read through another
+    model's head (:func:`check_probe`)."""
 
     weight: torch.Tensor  # [L, h, h]; row vectors: out = h @ weight[l]
     bias: torch.Tensor  # [L, h]
     ridge: float | None = None  # how it was fitted (None: set by hand)
     positions: int = 0  # token positions it was fitted on
+    base_model: str = ""  # identity of the model it was fitted on ("": not recorded)
+    unembedding: str = ""  # sha256 of that model's LM head weights, 24 hex digits
     # (device, dtype) -> (weight, bias) there: each copy is made once, not once per call.
     _placed: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -144,32 +179,58 @@ class TunedLens:
             str(folder / "probe.safetensors"),
         )
         meta = {"probe": self.name, "ridge": self.ridge, "positions": self.positions}
+        meta |= {"base_model": self.base_model, "unembedding": self.unembedding}
         (folder / "probe.json").write_text(json.dumps(meta, indent=2))
 
+    @classmethod
+    def _load(cls, folder: Path, meta: dict[str, Any]) -> TunedLens:
+        tensors = load_file(str(Path(folder) / "probe.safetensors"))
+        recorded = (meta.get("base_model", ""), meta.get("unembedding", ""))  # older files: none
+        return cls(tensors["weight"], tensors["bias"], meta["ridge"], meta["positions"], *recorded)
 
-Probe = LogitLens | TunedLens
+
+Probe = Lens  # the name the config group (``probe=``) gives a lens
 
 
-def load_probe(folder: Path) -> Probe:
-    """The probe saved beside a policy (``probe.json``), else the logit lens."""
+def load_probe(folder: Path) -> Lens:
+    """The lens saved beside a policy (``probe.json``), else the logit lens."""
     meta_path = Path(folder) / "probe.json"
     if not meta_path.is_file():
         return LogitLens()
     meta = json.loads(meta_path.read_text())
-    if meta.get("probe") != "tuned":
-        raise AdaInferError(f"unknown saved probe {meta.get('probe')!r}", f"known: {PROBES}")
-    tensors = load_file(str(Path(folder) / "probe.safetensors"))
-    return TunedLens(tensors["weight"], tensors["bias"], meta["ridge"], meta["positions"])
+    cls = Lens.registry.get(meta.get("probe"))
+    if cls is None:
+        known = sorted(Lens.registry)
+        raise AdaInferError(f"unknown saved probe {meta.get('probe')!r}", f"known: {known}")
+    return cls._load(Path(folder), meta)
 
 
-def check_probe(probe: Probe, num_layers: int, hidden_size: int) -> None:
-    """A tuned lens must have been fitted on a model of this depth and width."""
-    if isinstance(probe, TunedLens) and (
-        probe.num_layers != num_layers or probe.hidden_size != hidden_size
-    ):
+def unembedding_hash(lm_head: torch.nn.Module) -> str:
+    """sha256 of an LM head's weights (24 hex digits): which head a tuned lens was fitted
+    before."""
+    digest = hashlib.sha256()
+    weight = lm_head.weight.detach()
+    digest.update(str((tuple(weight.shape), str(weight.dtype))).encode())
+    digest.update(weight.contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def check_probe(probe: Lens, num_layers: int, hidden_size: int, identity: str = "") -> None:
+    """A tuned lens must have been fitted on a model of this depth and width, and (where both
+    are recorded) on this very model (``identity``: the model's
+    :attr:`~adainfer.llm.loading.LoadedModel.identity`)."""
+    if not isinstance(probe, TunedLens):
+        return
+    if probe.num_layers != num_layers or probe.hidden_size != hidden_size:
         raise AdaInferError(
             f"the tuned lens has {probe.num_layers} layers of width {probe.hidden_size}, the "
             f"model {num_layers} of width {hidden_size}",
+            "fit the tuned lens on this model (probe=tuned fits one on the train prompts)",
+        )
+    if identity and probe.base_model and probe.base_model != identity:
+        raise AdaInferError(
+            f"the tuned lens was fitted on the model {probe.base_model[:80]!r}, not on "
+            f"{identity[:80]!r}",
             "fit the tuned lens on this model (probe=tuned fits one on the train prompts)",
         )
 
@@ -267,7 +328,8 @@ def fit_tuned_lens(
     weight = torch.linalg.solve(cxx + lam[:, None, None] * eye, cxy + lam[:, None, None] * eye)
     bias = mean_y - torch.einsum("lh,lhk->lk", mean_x, weight)
     weight[-1], bias[-1] = eye, 0.0  # the last layer reads as the model does
-    return TunedLens(weight.float(), bias.float(), ridge, n)
+    head = unembedding_hash(loaded.parts.lm_head)
+    return TunedLens(weight.float(), bias.float(), ridge, n, loaded.identity, head)
 
 
 class LensStore:

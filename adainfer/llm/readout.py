@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from adainfer.llm.arch import DecoderParts
 from adainfer.llm.capture import Hooks, last_token
-from adainfer.llm.lenses import Probe
+from adainfer.llm.lenses import Lens
 
 _HALF_MAX = float(torch.finfo(torch.float16).max)
 
@@ -47,8 +47,8 @@ def probe_layers(
     parts: DecoderParts,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    probe: Probe | None = None,
-    also: tuple[Probe, ...] = (),
+    probe: Lens | None = None,
+    also: tuple[Lens, ...] = (),
     hidden_states: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Features of the last real token at every layer, each of shape [batch, layers].
@@ -90,7 +90,7 @@ def probe_layers(
 
 
 def read_layers(
-    parts: DecoderParts, hidden: torch.Tensor, probe: Probe | None = None
+    parts: DecoderParts, hidden: torch.Tensor, probe: Lens | None = None
 ) -> dict[str, torch.Tensor]:
     """``gap``, ``top_prob`` and ``argmax`` of hidden states [batch, layers, h] through a probe."""
     read = hidden if probe is None else probe.translate(hidden)

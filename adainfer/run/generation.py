@@ -51,7 +51,7 @@ from adainfer.engine import EarlyExitEngine, Generation, generate
 from adainfer.engine.timing import synchronize
 from adainfer.errors import AdaInferError
 from adainfer.llm.batching import on_trainer_device, one_device, probe_trainer
-from adainfer.llm.lenses import Probe
+from adainfer.llm.lenses import Lens
 from adainfer.tasks.answer_match import exact_match, exact_match_strict, f1
 from adainfer.tasks.base import Example
 
@@ -146,7 +146,7 @@ def answer_candidates(policy: ExitPolicy, train: LayerRecords, fine: int, grid: 
 def calibrate_answers(
     loaded: Any,
     policy: ExitPolicy,
-    probe: Probe | None,
+    probe: Lens | None,
     train: LayerRecords,
     input_ids: list[list[int]],
     examples: Sequence[Example],
@@ -205,7 +205,7 @@ def calibrate_answers(
 def generation_metrics(
     loaded: Any,
     policy: ExitPolicy,
-    probe: Probe | None,
+    probe: Lens | None,
     input_ids: list[list[int]],
     examples: Sequence[Example],
     max_new_tokens: int,
