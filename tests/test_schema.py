@@ -7,10 +7,12 @@ import json
 
 import pytest
 from conftest import CONF, REPO, compose_cfg
+from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from test_cli import run_py
 
+from adainfer.compose.resume import config_hash
 from adainfer.compose.settings import check_settings
 
 SNAPSHOT = REPO / "tests" / "data" / "composed_configs.json"
@@ -148,3 +150,34 @@ def test_every_task_with_a_fit_split_size_hands_it_to_what_it_builds(override, d
     task = build(cfg.task, "task")
     members = getattr(task, "tasks", None) or {"": task}
     assert {m.n_fit for m in members.values()} == {3}, override
+
+
+# tests/data/config_hashes.json: the resume hash (adainfer.config_hash) of every shipped option
+# under these settings, computed by the code before the package took one subpackage per stage
+# (c974dae). A job's hash must not move with the code: grids logged before still resume.
+HASHED_WITH = [
+    [],
+    ["preset=paper"],
+    ["task=squad", "task.generate=true"],
+    ["task=squad", "task.generate=true", "risk.epsilon=0.1", "risk.answers=equal"],
+    ["task=sst2", "task.n_fit=10"],
+    ["classifier=svm", "classifier.read_price=0.7"],
+    ["task=sst2", "task.train_rows=sentences"],
+    ["kv_fill=recompute"],
+]
+
+
+def test_every_option_hashes_as_before_the_relayout():
+    expected = json.loads((REPO / "tests" / "data" / "config_hashes.json").read_text())
+    found = {}
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):  # as run.py composes
+        for option in OPTIONS:
+            for extra in HASHED_WITH:
+                key = str([option, *extra])
+                if key in expected:
+                    found[key] = config_hash(
+                        compose(config_name="config", overrides=[option, *extra])
+                    )
+    assert found.keys() == expected.keys()
+    moved = {k: (found[k], v) for k, v in expected.items() if found[k] != v}
+    assert not moved, moved

@@ -27,6 +27,7 @@ from dataclasses import asdict
 
 from omegaconf import DictConfig, OmegaConf
 
+from adainfer.compose.schema import SCHEMAS, RiskSchema, RunSchema, hash_rules
 from adainfer.compose.settings import generates
 
 CONFIG_HASH = "adainfer.config_hash"
@@ -34,19 +35,18 @@ CONFIG_HASH = "adainfer.config_hash"
 NOT_HASHED = ("mlflow", "traces", "stage", "resume", "hydra")
 
 
-# Generation's settings (task.generate=true) change nothing while a task does not generate; a
-# job that does not is hashed without them, as it was before they existed, so grids logged then
-# still resume.
-GENERATION_TASK_KEYS = ("generate", "max_new_tokens")
-GENERATION_RISK_KEYS = ("answers", "answer_grid")  # risk.*: only generated answers use them
-# Task keys added later whose default changes nothing: a task at the default is hashed without
-# them, as before they existed (task.n_fit=0: the policy fits on the train sample alone;
-# task.train_rows=phrases: SST-2 reads every train row; task.test_from=test: its own test split).
-LATER_TASK_DEFAULTS = {"n_fit": 0, "train_rows": "phrases", "test_from": "test"}
-# Classifier keys added later whose default changes nothing (read_price=null: a probe priced at
-# its FLOPs, as before).
-LATER_CLASSIFIER_DEFAULTS = {"read_price": None}
-
+# Keys added later are declared with their schema field (adainfer.compose.schema.later and
+# only_with): what keeps a config that does not use them hashed as before they existed. Task
+# nodes: n_fit=0 (the policy fits on the train sample alone), train_rows=phrases (SST-2 reads
+# every train row), test_from=test (its own test split); generate and max_new_tokens while it
+# does not generate. Classifier nodes: read_price=null (a probe priced at its FLOPs). The job
+# and its risk node: kv_fill, risk.answers and risk.answer_grid while no task generates.
+LATER_TASK_DEFAULTS, GENERATION_TASK_KEYS = hash_rules(
+    *(schema for schema in SCHEMAS["schema/task"].values())
+)
+LATER_CLASSIFIER_DEFAULTS, _ = hash_rules(*SCHEMAS["schema/classifier"].values())
+_, RUN_IDLE = hash_rules(RunSchema)
+_, RISK_IDLE = hash_rules(RiskSchema)
 
 # Where a config node's class was before the package took one subpackage per stage: a node's
 # ``_target_`` is hashed under its former name, so runs logged before the move still resume.
@@ -77,8 +77,9 @@ def config_hash(cfg: DictConfig) -> str:
     plain = OmegaConf.to_container(cfg, resolve=True)
     kept = {key: value for key, value in plain.items() if key not in NOT_HASHED}
     if not generates(kept.get("task")):
-        kept.pop("kv_fill", None)
-        for key in GENERATION_RISK_KEYS:
+        for key in RUN_IDLE:
+            kept.pop(key, None)
+        for key in RISK_IDLE:
             (kept.get("risk") or {}).pop(key, None)
     _drop_idle_task_keys(kept.get("task"))
     _drop_defaults(kept.get("classifier"), LATER_CLASSIFIER_DEFAULTS)
@@ -101,9 +102,9 @@ def _drop_idle_task_keys(task) -> None:
     :data:`LATER_TASK_DEFAULTS` from every task node at their default."""
     if not isinstance(task, dict):
         return
-    if not task.get("generate"):
-        for key in GENERATION_TASK_KEYS:
-            task.pop(key, None)
+    idle = [key for key, flag in GENERATION_TASK_KEYS.items() if not task.get(flag)]
+    for key in idle:
+        task.pop(key, None)
     _drop_defaults(task, LATER_TASK_DEFAULTS)
     members = task.get("tasks")
     for member in members.values() if isinstance(members, dict) else ():

@@ -22,6 +22,37 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+# Keys added after runs were first hashed (adainfer.compose.resume): each declares here, with
+# itself, what keeps the hash of a config that does not use it as it was before the key existed.
+UNHASHED_AT = "unhashed_at"  # metadata: a node whose key is at this value is hashed without it
+IDLE_UNLESS = "idle_unless"  # metadata: a node where this other key is false is hashed without it
+
+
+def later(default: Any) -> Any:
+    """A key added later whose ``default`` changes nothing: at its default it is left out of the
+    config hash, so grids logged before it existed still resume."""
+    return field(default=default, metadata={UNHASHED_AT: default})
+
+
+def only_with(flag: str, default: Any = MISSING) -> Any:
+    """A key read only where the node's ``flag`` is true (``task.generate``: where the job's
+    task generates), generation's settings: left out of the config hash elsewhere."""
+    return field(default=default, metadata={IDLE_UNLESS: flag})
+
+
+def hash_rules(*schemas: type) -> tuple[dict[str, Any], dict[str, str]]:
+    """The keys of ``schemas`` declared with :func:`later` (name -> default) and with
+    :func:`only_with` (name -> flag)."""
+    unhashed, idle = {}, {}
+    for schema in schemas:
+        for f in fields(schema):
+            if UNHASHED_AT in f.metadata:
+                unhashed[f.name] = f.metadata[UNHASHED_AT]
+            if IDLE_UNLESS in f.metadata:
+                idle[f.name] = f.metadata[IDLE_UNLESS]
+    return unhashed, idle
+
+
 # --- run settings (conf/config.yaml) ---------------------------------------------------------
 
 
@@ -54,8 +85,8 @@ class RiskSchema:
     resplits: Any = MISSING
     bound: Any = MISSING  # binomial, hb or wsr: the p-value of each threshold's test
     loss: Any = MISSING  # flip or drop
-    answers: Any = MISSING  # task.generate=true: null (first token), equal or metric
-    answer_grid: Any = MISSING  # with answers: thresholds tried at most
+    answers: Any = only_with("task.generate")  # null (first token), equal or metric
+    answer_grid: Any = only_with("task.generate")  # with answers: thresholds tried at most
 
 
 @dataclass
@@ -82,7 +113,7 @@ class RunSchema:
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
     mlflow: MLflowSchema = field(default_factory=MLflowSchema)
     engine: Any = MISSING
-    kv_fill: Any = MISSING  # task.generate=true: how skipped layers get a token's K/V
+    kv_fill: Any = only_with("task.generate")  # how skipped layers get a generated token's K/V
     feature_set: Any = MISSING
     traces: TracesSchema = field(default_factory=TracesSchema)
     risk: RiskSchema = field(default_factory=RiskSchema)
@@ -171,12 +202,12 @@ class DataTaskSchema(_Task):
     data_dir: Any = None
     split_seed: Any = 42
     calibration_from: Any = "train"  # or test: carve the calibration split out of the test split
-    test_from: Any = "test"  # or train: hold the test split out of train (after calibration)
+    test_from: Any = later("test")  # or train: hold the test split out of train (after calibration)
     n_train: Any = 200  # null = all
     n_test: Any = 200
-    n_fit: Any = 0  # held-out train instances the exit classifier is also fitted on
-    generate: Any = False  # true: also generate the test answers, scored as text (squad, FV)
-    max_new_tokens: Any = 16  # the longest generated answer, in tokens
+    n_fit: Any = later(0)  # held-out train instances the exit classifier is also fitted on
+    generate: Any = only_with("generate", False)  # true: also generate the test answers (squad, FV)
+    max_new_tokens: Any = only_with("generate", 16)  # the longest generated answer, in tokens
 
 
 @dataclass
@@ -186,7 +217,7 @@ class LabelledTaskSchema(DataTaskSchema):
 
 @dataclass
 class SST2Schema(LabelledTaskSchema):
-    train_rows: Any = "phrases"  # or sentences: the whole sentences of the train split only
+    train_rows: Any = later("phrases")  # or sentences: the train split's whole sentences only
 
 
 @dataclass
@@ -246,7 +277,7 @@ class NoSettingsClassifier:
     _target_: str = MISSING
     first_layer: Any = MISSING  # 1 = every layer; auto = where 5% of train instances have settled
     schedule: Any = MISSING  # all, every_<k>, auto (cheapest on the fit records) or [layers]
-    read_price: Any = None  # auto's price of a probe, in decoder layers; null: its FLOPs
+    read_price: Any = later(None)  # auto's price of a probe, in decoder layers; null: its FLOPs
 
 
 @dataclass
