@@ -27,7 +27,8 @@ def _seed(seed: int) -> None:
     np.random.seed(seed)
 
 
-def _traces(cfg: DictConfig, inputs: JobInputs, index: TraceIndex, task: str, limit) -> TraceSet:
+def _traces(cfg: DictConfig, inputs: JobInputs, index: TraceIndex, task: str, limit):
+    """The task's TraceSet from its index entry, and the entry."""
     entry = index.read(index_key(cfg, inputs, task))
     model = cfg.model.name
     hidden = inputs.policy.reads_hidden
@@ -51,7 +52,7 @@ def _traces(cfg: DictConfig, inputs: JobInputs, index: TraceIndex, task: str, li
         if not (folder / "probe.safetensors").is_file():
             raise index.missing(f"tuned lens of {model} in {folder.parent}")
         lens = StoredLens(entry.lens["name"], folder.resolve(), float(entry.lens["flops"]))
-    return TraceSet(
+    traces = TraceSet(
         task=task,
         fit=LayerRecords.concat(fit) if len(fit) > 1 else fit[0],
         test=test,
@@ -61,6 +62,7 @@ def _traces(cfg: DictConfig, inputs: JobInputs, index: TraceIndex, task: str, li
         stats=entry.stats,
         computed=False,
     )
+    return traces, entry
 
 
 def compose(cfg: DictConfig, inputs: JobInputs | None = None) -> Job:
@@ -71,15 +73,13 @@ def compose(cfg: DictConfig, inputs: JobInputs | None = None) -> Job:
     check_fit_split_used(cfg, inputs)
     tracking.open_store(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, cfg.mlflow.stale_after_s)
     index = TraceIndex(TraceStore(Path(cfg.traces.dir or cache_root() / "traces")))
-    stored = {task: _traces(cfg, inputs, index, task, limit) for task in inputs.members}
+    read = {task: _traces(cfg, inputs, index, task, limit) for task in inputs.members}
+    stored = {task: traces for task, (traces, _) in read.items()}
     counts = {}
-    for task, traces in stored.items():
-        entry = index.read(index_key(cfg, inputs, task))
+    for task, (traces, entry) in read.items():
         n_cal = traces.calibration.num_instances if traces.calibration is not None else 0
         counts[task] = entry.counts | {"n_calibration": n_cal}
-    model = next(iter(stored.values())).model
-    fit_model = None
-    if cfg.fit.model:
-        entry = index.read(index_key(cfg, inputs, next(iter(stored))))
-        fit_model = StoredModel(**entry.fit_model)
+    first = next(iter(read.values()))[1]
+    model = StoredModel(**first.model)
+    fit_model = StoredModel(**first.fit_model) if cfg.fit.model else None
     return Job(cfg, inputs, model, fit_model, counts, limit, stored=stored)
