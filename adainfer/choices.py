@@ -24,7 +24,13 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "mlp": (*FEATURES, "cos_mlp"),
     "hidden": (*FEATURES, "cos_hidden"),
     "all": RECORDED,
+    # read on the answer set's rows of the LM head only (tasks with fixed labels): |labels| x h
+    # per read instead of V x h; the exit's answer still comes from the full head
+    "labels": ("label_gap", "label_top_prob"),
 }
+# What a read of the label rows gives: gap and top-1 probability of the softmax over the
+# labels' first tokens (``LayerRecords.label_ids``), recorded for every task with fixed labels.
+LABEL_FEATURES = ("label_gap", "label_top_prob")
 # What a policy reads that is no probe output: the last token's hidden state after the layer
 # (``ExitPolicy.reads``); traces keep it only for a policy that reads it.
 HIDDEN_STATE = "hidden_state"

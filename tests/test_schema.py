@@ -38,9 +38,10 @@ OPTIONS = [
 # generated answers (answers: null, answer_grid: 20; read only then too); data tasks name their
 # fit split (n_fit: 0, none, as before) and their test split's source (test_from: test, their
 # own, as before), and SST-2 its train rows (train_rows: phrases, every row, as before); every
-# classifier its read price (read_price: null, a probe priced at its FLOPs, as before).
-# classifier=state is
-# new since the snapshot: its entry was taken when it was added, in the snapshot's shape.
+# classifier its read price (read_price: null, a probe priced at its FLOPs, as before), and its
+# features (null: the job's feature_set, as before). classifier=state and classifier=auto are
+# new since the snapshot: each entry was taken when it was added, in the snapshot's shape.
+AUTO = "adainfer.decide.policies.AutoPolicy"
 THRESHOLD_SHOWN = ("adainfer.decide.policies.SVMPolicy", "adainfer.decide.policies.CRFPolicy")
 FAMILY = {"llama2_7b": "llama", "llama2_13b": "llama", "llama2_70b": "llama", "opt_13b": "opt"}
 
@@ -59,9 +60,11 @@ def test_each_option_composes_as_before_the_schemas(override):
     expected = json.loads(SNAPSHOT.read_text())[override]
     if expected["classifier"]["_target_"] in THRESHOLD_SHOWN:
         expected["classifier"]["threshold"] = None
-    expected["classifier"]["first_layer"] = 1
-    expected["classifier"]["schedule"] = "all"
-    expected["classifier"]["read_price"] = None
+    if expected["classifier"]["_target_"] != AUTO:
+        expected["classifier"]["first_layer"] = 1
+        expected["classifier"]["schedule"] = "all"
+        expected["classifier"]["read_price"] = None
+        expected["classifier"]["features"] = None
     expected["stage"] = "all"
     expected["resume"] = False
     expected["risk"] |= {"bound": "binomial", "loss": "flip", "answers": None, "answer_grid": 20}
@@ -175,9 +178,12 @@ def test_every_option_hashes_as_before_the_relayout():
             for extra in HASHED_WITH:
                 key = str([option, *extra])
                 if key in expected:
-                    found[key] = config_hash(
-                        compose(config_name="config", overrides=[option, *extra])
-                    )
+                    # The default job's classifier was state until classifier=auto (#29):
+                    # the same job now names it.
+                    given = [option, *extra]
+                    named = any(o.startswith(("classifier=", "preset=")) for o in given)
+                    overrides = given + ([] if named else ["classifier=state"])
+                    found[key] = config_hash(compose(config_name="config", overrides=overrides))
     assert found.keys() == expected.keys()
     moved = {k: (found[k], v) for k, v in expected.items() if found[k] != v}
     assert not moved, moved

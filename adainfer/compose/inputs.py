@@ -97,7 +97,9 @@ def load_inputs(cfg: DictConfig) -> JobInputs:
     """Check ``cfg``'s settings, build its policy and tasks and load their data; raise on any
     mistake."""
     require_valid(cfg)
-    policy = build(cfg.classifier, "classifier", features=FEATURE_SETS[cfg.feature_set])
+    own = cfg.classifier.get("features") is not None  # classifier.features over feature_set
+    given = {} if own else {"features": FEATURE_SETS[cfg.feature_set]}
+    policy = build(cfg.classifier, "classifier", **given)
     use_probe_first_layer(policy, cfg.probe.get("first_layer", 1))
     if cfg.engine:
         check_online(policy)

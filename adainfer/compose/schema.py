@@ -278,6 +278,7 @@ class NoSettingsClassifier:
     first_layer: Any = MISSING  # 1 = every layer; auto = where 5% of train instances have settled
     schedule: Any = MISSING  # all, every_<k>, auto (cheapest on the fit records) or [layers]
     read_price: Any = later(None)  # auto's price of a probe, in decoder layers; null: its FLOPs
+    features: Any = later(None)  # what it reads of the probe; null: the job's feature_set
 
 
 @dataclass
@@ -319,6 +320,15 @@ class CRFSchema(NoSettingsClassifier):
     threshold: Any = MISSING
 
 
+@dataclass
+class AutoSchema:
+    """``adainfer.decide.policies.AutoPolicy``: candidate policies by name, each a classifier
+    node with its own schema; calibration chooses among them (``adainfer.decide.select``)."""
+
+    _target_: str = MISSING
+    candidates: dict[str, Any] = field(default_factory=dict)
+
+
 # --- probe/ ----------------------------------------------------------------------------------
 
 
@@ -358,6 +368,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "logreg": LogRegSchema,
         "state": StateSchema,
         "crf": CRFSchema,
+        "auto": AutoSchema,
     },
     "schema/probe": {"logit_lens": LogitLensSchema, "tuned": TunedLensSchema},
 }

@@ -135,6 +135,24 @@ class ModelDims:
         """Logit lens on one position: LM head, softmax and top-2."""
         return self.head() + 6.0 * self.vocab
 
+    def label_read(self, labels: int) -> float:
+        """A label-row read on one position: the head's rows of ``labels`` tokens (with OPT's
+        project_out), softmax and top-2 over them."""
+        project_out = 2.0 * self.hidden * self.head_in if self.head_in != self.hidden else 0.0
+        return project_out + 2.0 * self.head_in * labels + 6.0 * labels
+
+
+def decision_price(policy: ExitPolicy, dims: ModelDims, probe: PricedLens | None = None) -> float:
+    """FLOPs of one decision as the engine pays it: the policy's scoring
+    (:func:`classifier_flops`) and, for a label-row read (``policy.reads_labels``), the read
+    of the label rows through the lens (its translator included); 0 for a policy that can
+    never stop early."""
+    price = classifier_flops(policy, dims)
+    if policy.reads_labels and not policy.never_stops():
+        translator = probe.flops() if probe is not None else 0.0
+        price += dims.label_read(len(policy.label_ids)) + translator
+    return price
+
 
 def classifier_flops(policy: ExitPolicy, dims: ModelDims | None = None) -> float:
     """FLOPs of scoring one (instance, layer) with ``policy``, as the policy declares them
@@ -202,7 +220,7 @@ def run_costs(
     """Eq. 2 and the executed FLOPs of an engine run (see the module docstring); a tuned
     lens's translators count with the probes."""
     dims = ModelDims.from_config(config)
-    per_score = classifier_flops(policy, dims)
+    per_score = decision_price(policy, dims, probe)
     totals = np.zeros(4)  # layers, probes, classifier, full model
     layer_rows = full_rows = 0
     for work in result.work:
@@ -230,7 +248,13 @@ def read_prices(config: Any, probe: PricedLens | None = None) -> ReadPrices:
     lens's translator), the last layer's answer."""
     dims = ModelDims.from_config(config)
     translator = probe.flops() if probe is not None else 0.0
-    return ReadPrices(dims.layer, dims.probe() + translator, dims.head() + dims.vocab, dims.hidden)
+    return ReadPrices(
+        dims.layer,
+        dims.probe() + translator,
+        dims.head() + dims.vocab,
+        dims.hidden,
+        label_read=lambda labels: dims.label_read(labels) + translator,
+    )
 
 
 def single_prompt_work(
@@ -263,7 +287,7 @@ def trace_flops_ratio(
     batch size 1 (width = the prompt's own length, :func:`single_prompt_work`), over the full
     model's answer, priced as :func:`run_costs` prices an engine run."""
     dims = ModelDims.from_config(config)
-    per_score = classifier_flops(policy, dims)
+    per_score = decision_price(policy, dims, probe)
     ratios = []
     for exit_at, width in zip(exit_layer, seq_len, strict=True):
         work = single_prompt_work(int(exit_at), int(width), policy, dims.num_layers)

@@ -63,3 +63,30 @@ def agreement_metrics(records: LayerRecords) -> dict[str, float]:
         "agree_mean": float(curve[:-1].mean()) if len(curve) > 1 else 1.0,
         "agree_half_layer": float(np.argmax(curve >= 0.5) + 1),
     }
+
+
+def answer_metrics(records: LayerRecords, result: ExitResult) -> dict[str, float]:
+    """What the verdict needs to say when a guarantee is odd (:mod:`adainfer.run.verdict`):
+
+    - ``exit_answers_distinct``: distinct answers among the instances that exited early (0 when
+      none did); 1 means every early exit gave the same token, whatever the prompt;
+    - ``early_exit_share``: the share of instances that exited before the last layer;
+    - ``acc_constant``: the accuracy of the best constant answer (the most common gold token),
+      what a model at chance reaches;
+    - ``acc_drop_se``: the standard error of the accuracy drop on these instances, the split's
+      own sampling noise (the signed per-instance drop's standard deviation over sqrt(N));
+    - ``test_instances``: N.
+    """
+    early = result.exit_layer < records.num_layers
+    _, counts = np.unique(records.gold, return_counts=True)
+    drop = (result.full_prediction == records.gold).astype(float) - (
+        result.prediction == records.gold
+    )
+    n = max(records.num_instances, 1)
+    return {
+        "exit_answers_distinct": float(np.unique(result.prediction[early]).size),
+        "early_exit_share": float(early.mean()) if early.size else 0.0,
+        "acc_constant": float(counts.max() / n) if counts.size else 0.0,
+        "acc_drop_se": float(drop.std() / np.sqrt(n)) if drop.size else 0.0,
+        "test_instances": float(records.num_instances),
+    }

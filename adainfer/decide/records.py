@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from adainfer.choices import FEATURES, RECORDED
+from adainfer.choices import FEATURES, LABEL_FEATURES, RECORDED
 
 # Bumped whenever what a trace records changes, so old traces are never reused.
 RECORD_VERSION = "logit-lens-v1:" + ",".join(RECORDED)
@@ -32,6 +32,9 @@ class LayerRecords:
     # [N, L, h] float16: the last token's hidden state after each layer, kept only for a policy
     # that reads it (``ExitPolicy.reads_hidden``); None otherwise. Not part of :meth:`to_frame`.
     hidden: np.ndarray | None = None
+    # [K] a task with fixed labels: each label's gold token, whose rows of the LM head a
+    # label-row read reads (``values`` then hold LABEL_FEATURES); None for free answers
+    label_ids: np.ndarray | None = None
 
     @property
     def gap(self) -> np.ndarray:
@@ -83,7 +86,7 @@ class LayerRecords:
         def grid(column: str) -> np.ndarray:
             return frame[column].to_numpy().reshape(n, L)
 
-        names = [c for c in RECORDED if c in frame]
+        names = [c for c in RECORDED + LABEL_FEATURES if c in frame]
         return cls(
             values={name: grid(name) for name in names},
             argmax=grid("argmax_token"),
@@ -99,6 +102,7 @@ class LayerRecords:
             self.gold[rows],
             self.seq_len[rows],
             None if self.hidden is None else self.hidden[rows],
+            self.label_ids,
         )
 
     @staticmethod
@@ -107,9 +111,24 @@ class LayerRecords:
         only when every part has them."""
         hidden = [p.hidden for p in parts]
         return LayerRecords(
-            values={k: np.concatenate([p.values[k] for p in parts]) for k in parts[0].values},
+            values={
+                k: np.concatenate([p.values[k] for p in parts])
+                for k in parts[0].values
+                if all(k in p.values for p in parts)  # label features only where all have them
+            },
             argmax=np.concatenate([p.argmax for p in parts]),
             gold=np.concatenate([p.gold for p in parts]),
             seq_len=np.concatenate([p.seq_len for p in parts]),
             hidden=None if any(h is None for h in hidden) else np.concatenate(hidden),
+            label_ids=_same_labels(parts),
         )
+
+
+def _same_labels(parts: list[LayerRecords]) -> np.ndarray | None:
+    """The parts' label ids when they all have the same ones (else None: no label-row read)."""
+    first = parts[0].label_ids
+    if first is None or any(
+        p.label_ids is None or not np.array_equal(p.label_ids, first) for p in parts
+    ):
+        return None
+    return first

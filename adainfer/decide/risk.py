@@ -311,30 +311,51 @@ def resplit_check(
 ) -> dict[str, float]:
     """Does the guarantee hold here? Pool calibration and test, redraw ``splits`` random
     calibration/test partitions of the same sizes, calibrate a copy of the fitted ``policy`` on
-    each, and count how often its accuracy drop on the test part exceeds ε. The guarantee bounds
-    the expected drop over the population the calibration split is drawn from, here the pool:
-    ``risk_resplit_pool_exceed_rate`` counts how often the drop over the whole pool exceeds ε
-    (at most about δ if the guarantee holds; ``risk_resplit_pool_drop_mean``, its mean). The
-    test part's rate adds that part's sampling noise (``risk_resplit_drop_sd`` holds both).
-    ``prices``: for a policy with ``schedule="auto"`` (:func:`calibrate`). The fitted policy's
-    scores do not depend on the split, so the pool and the train records are scored once (an
-    SVM's scores are the costly part).
+    each, and count how often its accuracy drop on the test part exceeds ε
+    (:func:`resplit_rates` says what each rate means). ``prices``: for a policy with
+    ``schedule="auto"`` (:func:`calibrate`). The fitted policy's scores do not depend on the
+    split, so the pool and the train records are scored once (an SVM's scores are the costly
+    part).
     """
     check_calibratable(policy)
     pool = LayerRecords.concat([calibration, test])
     pool_scores = policy.scores(pool)
     train_scores = policy.scores(train)
-    n_cal = calibration.num_instances
+
+    def procedure(on_cal: np.ndarray) -> tuple[np.ndarray, bool]:
+        trial = copy.deepcopy(policy)
+        cal = pool.take(on_cal)
+        chosen = calibrate(trial, train, cal, limit, prices, pool_scores[on_cal], train_scores)
+        return trial.first_exits(pool_scores > trial.threshold), chosen.certified
+
+    return resplit_rates(pool, calibration.num_instances, procedure, limit, splits, seed)
+
+
+def resplit_rates(
+    pool: LayerRecords,
+    n_cal: int,
+    procedure: Callable[[np.ndarray], tuple[np.ndarray, bool]],
+    limit: RiskLimit,
+    splits: int,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Redraw ``splits`` random partitions of ``pool`` into ``n_cal`` calibration instances and
+    a held-out rest; ``procedure(calibration indices)`` runs the whole calibration on the first
+    part (selection included, where there is one) and returns the exit layer of every pool
+    instance and whether anything was certified. The guarantee bounds the expected drop over
+    the population the calibration split is drawn from, here the pool:
+    ``risk_resplit_pool_exceed_rate`` counts how often the drop over the whole pool exceeds ε
+    (at most about δ if the guarantee holds; ``risk_resplit_pool_drop_mean``, its mean). The
+    held-out part's rate, ``risk_resplit_exceed_rate``, adds that part's sampling noise
+    (``risk_resplit_drop_sd`` holds both)."""
     rng = np.random.default_rng(seed)
     drops, pool_drops, certified, exits = [], [], [], []
     for _ in range(splits):
         order = rng.permutation(pool.num_instances)
         on_cal, on_held = order[:n_cal], order[n_cal:]
-        cal, held = pool.take(on_cal), pool.take(on_held)
-        trial = copy.deepcopy(policy)
-        chosen = calibrate(trial, train, cal, limit, prices, pool_scores[on_cal], train_scores)
-        certified.append(chosen.certified)
-        pool_exits = trial.first_exits(pool_scores > trial.threshold)  # the held part's, too
+        pool_exits, was_certified = procedure(on_cal)
+        certified.append(was_certified)
+        held = pool.take(on_held)
         result = apply_exits(held, pool_exits[on_held])
         drops.append(result.accuracy_drop(held.gold))
         pool_drops.append(apply_exits(pool, pool_exits).accuracy_drop(pool.gold))

@@ -58,6 +58,8 @@ class ReadPrices:
     # policy's ``read_price``): what it costs in time where that is not its FLOPs, e.g. at
     # batch size 1 on a CPU (scripts/bench_engine.py prints it).
     probe_layers: float | None = None
+    # A read of that many label rows of the LM head (a label-row read, translator included)
+    label_read: Callable[[int], float] | None = None
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,13 @@ import numpy as np
 
 from adainfer.decide import costs
 from adainfer.decide.costs import PricedLens
-from adainfer.decide.metrics import ExitResult, agreement_metrics, apply_exits
+from adainfer.decide.metrics import ExitResult, agreement_metrics, answer_metrics, apply_exits
+from adainfer.decide.policies.auto import AutoPolicy
 from adainfer.decide.policies.base import ExitPolicy
 from adainfer.decide.records import LayerRecords
 from adainfer.decide.risk import RiskLimit, calibrate, resplit_check
+from adainfer.decide.select import family_resplit_check, select
+from adainfer.errors import AdaInferError
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,8 @@ class Outcome:
     result: ExitResult
     policy: ExitPolicy
     probe: Lens | None = None  # what read the layers (None: the logit lens)
+    # classifier=auto: the name of the candidate calibration chose (None: one policy was given)
+    chosen: str | None = None
 
 
 def score(
@@ -103,7 +108,12 @@ def score(
     prices = costs.read_prices(loaded.config, probe)
     policy.fit(fit_records, prices)
     calibrated = {}
-    if limit is not None and calibration is not None:
+    chosen = None
+    if policy.selects:  # a family (classifier=auto): calibration chooses the policy
+        policy, chosen, calibrated = _choose(
+            policy, fit_records, calibration, test_records, loaded, probe, limit, resplits, prices
+        )
+    elif limit is not None and calibration is not None:
         if policy.deployable:
             if resplits:  # before calibrating: each split calibrates its own copy
                 calibrated = resplit_check(
@@ -122,8 +132,57 @@ def score(
     metrics["first_layer"] = float(policy.first_layer)  # what first_layer=auto chose
     # how many layers it is asked at (schedule=auto: what it chose; the layers: a tag)
     metrics["schedule_reads"] = float(len(policy.scheduled_layers(test_records.num_layers)))
-    metrics |= agreement_metrics(test_records)
-    return Outcome(metrics | calibrated, fit_records, test_records, result, policy, probe)
+    metrics |= agreement_metrics(test_records) | answer_metrics(test_records, result)
+    outcome = Outcome(metrics | calibrated, fit_records, test_records, result, policy, probe)
+    outcome.chosen = chosen
+    return outcome
+
+
+def _choose(
+    family: AutoPolicy,
+    fit_records: LayerRecords,
+    calibration: LayerRecords | None,
+    test_records: LayerRecords,
+    loaded: Any,
+    probe: Lens | None,
+    limit: RiskLimit | None,
+    resplits: int,
+    prices: costs.ReadPrices,
+) -> tuple[ExitPolicy, str, dict[str, float]]:
+    """The candidate :func:`adainfer.decide.select.select` chooses, its name and its metrics
+    (and, with ``resplits``, the whole procedure's re-split check)."""
+    if limit is None or calibration is None or calibration.num_instances == 0:
+        raise AdaInferError(
+            "classifier=auto certifies its candidates and chooses among them on a calibration "
+            "split, and this job has no risk limit or no calibration instances",
+            "set risk.epsilon (e.g. risk.epsilon=0.05) and task.n_calibration (e.g. 400), or "
+            "pick one classifier (classifier=state, classifier=svm)",
+        )
+    checked = {}
+    if resplits:
+        checked = family_resplit_check(
+            family,
+            fit_records,
+            calibration,
+            test_records,
+            limit,
+            resplits,
+            loaded.config,
+            probe,
+            prices,
+        )
+    picked = select(family, fit_records, calibration, limit, loaded.config, probe, prices)
+    said = [
+        f"{c.name}: certified, cost {c.cal_cost:.3f}" if c.certified else f"{c.name}: not certified"
+        for c in picked.candidates
+    ]
+    log.info(
+        "classifier=auto (each candidate tested at delta/%d): %s -> %s",
+        len(picked.candidates),
+        "; ".join(said),
+        picked.chosen,
+    )
+    return picked.policy, picked.chosen, checked | picked.metrics()
 
 
 def decide(

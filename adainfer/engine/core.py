@@ -4,8 +4,9 @@ After each decoder layer the policy's schedule asks at (``ExitPolicy.schedule_ma
 layer by default) the last real token of every still-running prompt is probed (final
 norm + LM head, softmax, top-2: the same logit lens as ``features.probe_layers``), the policy
 decides on a one-layer view of those features, and the rows that stop leave the batch (a
-policy that reads the hidden state instead, ``state``, decides on that state and only the rows
-that stop are probed, for their answer): their
+policy that reads the hidden state instead, ``state``, decides on that state, and one that reads
+the label rows only, ``feature_set=labels``, on those rows of the head; only the rows that stop
+are then probed, for their answer): their
 hidden states, masks and position tensors are index-selected away, so the next layer runs on
 fewer rows. The result holds, per prompt, the exit layer, the prediction there, and the
 features of every layer it visited, plus a log of the work done (:class:`BatchWork`) for
@@ -33,7 +34,7 @@ from adainfer.llm.capture import Hooks, last_token
 from adainfer.llm.lenses import Lens, LogitLens, check_probe
 from adainfer.llm.loading import LoadedModel
 from adainfer.llm.placement import input_device
-from adainfer.llm.readout import half_state, readout
+from adainfer.llm.readout import half_state, label_readout, readout
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,12 @@ class EarlyExitEngine:
         self.policy = policy
         self.probe_every_layer = policy.reads_probe  # every layer it is asked at, and the last
         self.score_state = policy.scores_state  # a head on hidden states: no probe to decide
+        # a label-row read: the answer set's rows of the head decide, the full head answers
+        self.label_ids = (
+            torch.as_tensor(policy.label_ids)
+            if policy.reads_labels and policy.scores_state
+            else None
+        )
         self.asked = policy.schedule_mask(self.num_layers)  # where the policy decides
         unknown = sorted(set(record) - set(RECORDED))
         if unknown:
@@ -253,10 +260,17 @@ class EarlyExitEngine:
             return np.ones(n, dtype=bool)
         return decide(self.policy, depth, view(), n)
 
-    def _state_view(self, rows: _Rows) -> LayerRecords:
-        """What a policy that reads hidden states sees of the layer just run: the last real
-        token's state of each running row, as traces keep it (``features.half_state``)."""
-        states = half_state(rows.last_hidden()).cpu().numpy()[:, None]
+    def _state_view(self, rows: _Rows, i: int) -> LayerRecords:
+        """What a policy that decides without the full probe sees of layer ``i`` (0-based),
+        just run: the last real token's state of each running row, as traces keep it
+        (``features.half_state``); for a label-row read, that token read through the lens on
+        the label rows of the head only (:func:`adainfer.llm.readout.label_readout`)."""
+        last = rows.last_hidden()
+        if self.label_ids is not None:
+            read = label_readout(self.parts, self.lens.translate(last, i), self.label_ids)
+            values = {name: column.cpu().numpy() for name, column in read.items()}
+            return one_layer_view(values, np.full(rows.n, -1), rows.seq_len)
+        states = half_state(last).cpu().numpy()[:, None]
         return one_layer_view({}, np.full(rows.n, -1), rows.seq_len, states)
 
     def read_layer(
@@ -290,7 +304,7 @@ class EarlyExitEngine:
             if not (asked or depth == L):
                 stop = np.zeros(rows.n, dtype=bool)  # no decision off the schedule
             else:
-                view = partial(self._state_view, rows) if scored else lambda: None
+                view = partial(self._state_view, rows, i) if scored else lambda: None
                 stop = self._decide(depth, rows.n, view)
             logits = self._probe_stopping(rows, out, i, stop) if stop.any() else None
             work.probed.append(int(stop.sum()))

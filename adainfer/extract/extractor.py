@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from adainfer.decide.policies.base import ExitPolicy
 from adainfer.decide.records import HIDDEN_FORMAT, LayerRecords
 from adainfer.decide.stage import Outcome, TraceSet, score
@@ -32,9 +34,15 @@ from adainfer.extract.store import (
     TraceKey,
     TraceStore,
     data_digest,
+    label_key,
 )
 from adainfer.llm import cache
-from adainfer.llm.encoding import EncodedPrompts, check_label_tokens, encode_prompts
+from adainfer.llm.encoding import (
+    EncodedPrompts,
+    check_label_tokens,
+    encode_prompts,
+    label_tokens,
+)
 from adainfer.llm.lenses import Lens, LensStore, LogitLens, TunedLens, fit_tuned_lens
 from adainfer.llm.loading import LoadedModel
 from adainfer.tasks.base import Splits, Task
@@ -58,7 +66,11 @@ def _encode(
     """``examples`` as prompts with ``shots`` demonstrations drawn from ``demos``, tokenized."""
     prompts = build_prompts(examples, demos, shots, seed, getattr(task, "template", None))
     length = min(max_length or loaded.max_length, loaded.max_length)
-    return encode_prompts(loaded.tokenizer, prompts, length)
+    encoded = encode_prompts(loaded.tokenizer, prompts, length)
+    labels = getattr(task, "labels", None)
+    if labels:  # a fixed answer set: its rows of the LM head are what a label-row read reads
+        encoded.label_ids = np.array(label_tokens(loaded.tokenizer, list(labels)), dtype=np.int64)
+    return encoded
 
 
 def prepare(
@@ -232,6 +244,7 @@ class Extractor:
                 precision=self._precision(loaded),
                 probe=probe.fingerprint,
                 hidden=HIDDEN_FORMAT if hidden else "",
+                labels=label_key(encoded.label_ids),
             )
 
         def compute() -> LayerRecords:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adainfer.choices import RECORDED
+from adainfer.choices import LABEL_FEATURES, RECORDED
 from adainfer.decide.records import LayerRecords
 from adainfer.llm.batching import LLMPass, length_sorted_loader
 from adainfer.llm.encoding import EncodedPrompts
@@ -31,15 +31,19 @@ class LayerProbeModule(LLMPass):
         probe: Lens | None = None,
         also: tuple[Lens, ...] = (),
         hidden_states: bool = False,
+        label_ids: np.ndarray | None = None,
     ) -> None:
         super().__init__(loaded)
         self.probe = probe or LogitLens()
         self.also = also
         self.hidden_states = hidden_states
+        self.label_ids = None if label_ids is None else torch.as_tensor(label_ids)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
         ids, mask = self.inputs(batch)
-        out = probe_layers(self.parts, ids, mask, self.probe, self.also, self.hidden_states)
+        out = probe_layers(
+            self.parts, ids, mask, self.probe, self.also, self.hidden_states, self.label_ids
+        )
         return {key: value.cpu() for key, value in out.items()} | {"index": batch["index"].cpu()}
 
 
@@ -76,7 +80,8 @@ def extract_records_multi(
     for probe in probes:
         check_probe(probe, loaded.num_layers, loaded.hidden_size, loaded.identity)
     loader = length_sorted_loader(loaded, encoded, batch_size)
-    module = LayerProbeModule(loaded, probes[0], tuple(probes[1:]), hidden_states)
+    labels = encoded.label_ids
+    module = LayerProbeModule(loaded, probes[0], tuple(probes[1:]), hidden_states, labels)
     batches = predict_batches(module, loader, trainer_kwargs)
     index = torch.cat([b["index"] for b in batches]).numpy()
     rows = first_of_each(index, len(encoded.input_ids))
@@ -84,12 +89,13 @@ def extract_records_multi(
     def in_order(key: str) -> np.ndarray:
         return torch.cat([b[key] for b in batches]).numpy()[rows]
 
-    values = {key: in_order(key) for key in RECORDED}
+    read_by_probe = ("gap", "top_prob") + (LABEL_FEATURES if labels is not None else ())
+    values = {key: in_order(key) for key in RECORDED + read_by_probe[2:]}
     hidden = in_order("hidden") if hidden_states else None
-    out = [LayerRecords(values, in_order("argmax"), encoded.gold, encoded.seq_len, hidden)]
+    facts = (encoded.gold, encoded.seq_len, hidden, labels)
+    out = [LayerRecords(values, in_order("argmax"), *facts)]
     for i in range(len(probes) - 1):
-        read = {k: in_order(f"also{i}:{k}") for k in ("gap", "top_prob")}
+        read = {k: in_order(f"also{i}:{k}") for k in read_by_probe}
         cosines = {k: values[k] for k in RECORDED if k not in read}  # the model's, not a probe's
-        argmax = in_order(f"also{i}:argmax")
-        out.append(LayerRecords(read | cosines, argmax, encoded.gold, encoded.seq_len, hidden))
+        out.append(LayerRecords(read | cosines, in_order(f"also{i}:argmax"), *facts))
     return out

@@ -56,6 +56,11 @@ def data_digest(encoded: EncodedPrompts) -> str:
     return digest.hexdigest()
 
 
+def label_key(label_ids: np.ndarray | None) -> str:
+    """:attr:`TraceKey.labels` of a task's label tokens (None: "")."""
+    return "" if label_ids is None else ",".join(str(int(t)) for t in label_ids)
+
+
 @dataclass(frozen=True)
 class TraceKey:
     """Everything that determines a trace's content."""
@@ -73,14 +78,22 @@ class TraceKey:
     record_version: str = RECORD_VERSION
     # How the hidden states are kept (features.HIDDEN_FORMAT); "" when the trace has none.
     hidden: str = ""
+    # A task with fixed labels: their gold tokens, comma-separated (the trace then records the
+    # label-row features, LABEL_FEATURES); "" for free answers.
+    labels: str = ""
 
     def fields(self) -> dict:
-        """What identifies the trace (its file name and the key stored in it). ``hidden`` is
-        left out when empty, so a trace without hidden states has the key older code gave it."""
+        """What identifies the trace (its file name and the key stored in it). ``hidden`` and
+        ``labels`` are left out when empty, so such a trace has the key older code gave it."""
         fields = asdict(self)
-        if not self.hidden:
-            del fields["hidden"]
+        for name in ("hidden", "labels"):
+            if not fields[name]:
+                del fields[name]
         return fields
+
+    @property
+    def label_ids(self) -> np.ndarray | None:
+        return np.array([int(t) for t in self.labels.split(",")]) if self.labels else None
 
     def digest(self) -> str:
         payload = json.dumps(self.fields(), sort_keys=True).encode()
@@ -121,6 +134,7 @@ class TraceStore:
                 hidden = _hidden_from(table.column(_HIDDEN))
                 table = table.drop_columns([_HIDDEN])
             records = LayerRecords.from_frame(table.to_pandas())
+            records.label_ids = key.label_ids
             if key.hidden:
                 if hidden is None:
                     raise ValueError("its key keeps hidden states and it has none")

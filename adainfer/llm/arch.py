@@ -36,11 +36,25 @@ class DecoderParts:
 
     def probe_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logit lens: the model's own head applied to an intermediate hidden state."""
+        return self._capped(self.lm_head(self._head_input(hidden)))
+
+    def label_logits(self, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """:meth:`probe_logits` of ``token_ids`` only: the head's rows of those tokens (a
+        label-row read: |labels| x h multiply-adds per position instead of V x h)."""
+        rows = token_ids.to(self.lm_head.weight.device)
+        bias = getattr(self.lm_head, "bias", None)
+        picked = None if bias is None else bias.index_select(0, rows)
+        weight = self.lm_head.weight.index_select(0, rows)
+        return self._capped(nn.functional.linear(self._head_input(hidden), weight, picked))
+
+    def _head_input(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.final_norm is not None:
             hidden = self.final_norm(hidden)
         if self.project_out is not None:
             hidden = self.project_out(hidden)
-        logits = self.lm_head(hidden)
+        return hidden
+
+    def _capped(self, logits: torch.Tensor) -> torch.Tensor:
         if self.logit_softcap:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits

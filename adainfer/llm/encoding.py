@@ -25,6 +25,9 @@ class EncodedPrompts:
     truncated: int = 0  # prompts that lost demonstrations to fit the context
     dropped_demos: int = 0  # demonstrations dropped in all
     space_prefixed: int = 0  # prompts that end with their answer's leading whitespace token(s)
+    # a task with fixed labels: each label's gold token (label_tokens), what a label-row read
+    # reads; None for free answers
+    label_ids: np.ndarray | None = None
 
 
 def _nothing(answer: str) -> AdaInferError:
@@ -184,16 +187,19 @@ def encode_prompts(tokenizer, prompts: list[Prompt], max_length: int) -> Encoded
     return EncodedPrompts(ids, gold_ids, lengths, truncated, dropped, spaced)
 
 
+def label_tokens(tokenizer, labels: list[str]) -> list[int]:
+    """Each label's gold token (its first token with text after ``A:``), in the labels' order."""
+    prompt_ids = tokenizer(Prompt(Example("x", "")).text).input_ids
+    return [gold_token(tokenizer, prompt_ids, Prompt(Example("x", label))) for label in labels]
+
+
 def check_label_tokens(tokenizer, labels: list[str], task: str) -> None:
     """Stop when two label words of a closed answer set share their first token.
 
     Scoring is on the first token only, so such labels could not be told apart.
     """
-    probe = Prompt(Example("x", ""))
-    prompt_ids = tokenizer(probe.text).input_ids
     by_token: dict[int, list[str]] = defaultdict(list)
-    for label in labels:
-        token = gold_token(tokenizer, prompt_ids, Prompt(Example("x", label)))
+    for label, token in zip(labels, label_tokens(tokenizer, labels), strict=True):
         by_token[token].append(label)
     clashes = {tokenizer.decode([t]): group for t, group in by_token.items() if len(group) > 1}
     if clashes:

@@ -50,6 +50,7 @@ def probe_layers(
     probe: Lens | None = None,
     also: tuple[Lens, ...] = (),
     hidden_states: bool = False,
+    label_ids: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Features of the last real token at every layer, each of shape [batch, layers].
 
@@ -57,7 +58,8 @@ def probe_layers(
     see :mod:`adainfer.llm.lenses`); the cosine features describe the model's own states. Each probe
     in ``also`` reads the same hidden states too (keys ``also<i>:gap`` ...): one forward pass
     for several probes. With ``hidden_states``, ``hidden`` holds those states themselves,
-    [batch, layers, h] (:func:`half_state`).
+    [batch, layers, h] (:func:`half_state`). With ``label_ids`` (a task's fixed answer set),
+    every probe also reads the label features (:func:`read_layers`).
     Padding must be on the right: the last real token is found from ``attention_mask``.
     """
     last = attention_mask.sum(dim=1) - 1
@@ -77,25 +79,50 @@ def probe_layers(
     # A dispatched model's layers run on several devices: its rows meet on the last one's.
     device = captured["hidden"][-1].device
     hidden = _stack(captured["hidden"], device)  # [batch, layers, hidden]
-    out = read_layers(parts, hidden, probe) | {
+    out = read_layers(parts, hidden, probe, label_ids) | {
         "cos_attn": _consecutive_cosine(_stack(captured["attn"], device), None),
         "cos_mlp": _consecutive_cosine(_stack(captured["mlp"], device), None),
         "cos_hidden": _consecutive_cosine(hidden, captured["input"][0].to(device)),
     }
     for i, other in enumerate(also):  # more probes of the same forward pass
-        out |= {f"also{i}:{k}": v for k, v in read_layers(parts, hidden, other).items()}
+        read = read_layers(parts, hidden, other, label_ids)
+        out |= {f"also{i}:{k}": v for k, v in read.items()}
     if hidden_states:  # [batch, layers, h] float16, for a policy that reads them
         out["hidden"] = half_state(hidden)
     return out
 
 
 def read_layers(
-    parts: DecoderParts, hidden: torch.Tensor, probe: Lens | None = None
+    parts: DecoderParts,
+    hidden: torch.Tensor,
+    probe: Lens | None = None,
+    label_ids: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """``gap``, ``top_prob`` and ``argmax`` of hidden states [batch, layers, h] through a probe."""
+    """``gap``, ``top_prob`` and ``argmax`` of hidden states [batch, layers, h] through a probe;
+    with ``label_ids`` also ``label_gap`` and ``label_top_prob``, the same of the softmax over
+    those tokens' logits only (:func:`label_readout`: what a label-row read computes)."""
     read = hidden if probe is None else probe.translate(hidden)
-    gap, top_prob, argmax, _ = readout(parts, read)
-    return {"gap": gap, "top_prob": top_prob, "argmax": argmax}
+    gap, top_prob, argmax, logits = readout(parts, read)
+    out = {"gap": gap, "top_prob": top_prob, "argmax": argmax}
+    if label_ids is not None:
+        out |= _label_features(logits[..., label_ids.to(logits.device)])
+    return out
+
+
+def _label_features(label_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """gap and top-1 probability of the softmax over the label logits [..., K] (K >= 2)."""
+    top = label_logits.float().softmax(dim=-1).topk(2, dim=-1).values
+    return {"label_gap": top[..., 0] - top[..., 1], "label_top_prob": top[..., 0]}
+
+
+def label_readout(
+    parts: DecoderParts, read: torch.Tensor, label_ids: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """A label-row read of (translated) hidden states [..., h]: the final norm, then only the
+    labels' rows of the LM head (|labels| x h instead of V x h), softcapped as the full head is,
+    softmax over them, top-2. The same numbers as :func:`read_layers`' label features, which
+    slice the full head's logits."""
+    return _label_features(parts.label_logits(read.to(parts.lm_head.weight.dtype), label_ids))
 
 
 def readout(parts: DecoderParts, read: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -129,7 +129,9 @@ def run(cfg: DictConfig, inputs: JobInputs | None = None) -> dict[str, float]:
         tracking.set_tags({"schedule_layers": logs.layers(asked) or "none"})  # where it was asked
         logs.log_outcome(outcome, job.model, config_yaml)
         log.info("%s [%s]: %s", run_name, name, outcome.metrics)
-        log.info("%s [%s]: %s", run_name, name, verdict(outcome.metrics, job.limit))
+        if outcome.chosen is not None:
+            tracking.set_tags({"auto_chosen": outcome.chosen})
+        log.info("%s [%s]: %s", run_name, name, verdict(outcome.metrics, job.limit, outcome.chosen))
         if generates:
             answers = generation_verdict(outcome.metrics, job.limit, cfg.risk.answers)
             log.info("%s [%s]: %s", run_name, name, answers)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from adainfer.choices import FEATURES, HIDDEN_STATE, every_k, schedule_ok
+from adainfer.choices import FEATURES, HIDDEN_STATE, LABEL_FEATURES, every_k, schedule_ok
 from adainfer.decide.records import LayerRecords
 from adainfer.decide.schedule import ReadPrices, best_schedule, instance_costs
 from adainfer.errors import AdaInferError
@@ -78,6 +78,9 @@ class ExitPolicy(ABC):
     not_online_because: ClassVar[str] = "its decision at layer l depends on later layers"
     # True when it learns from the train records, so it cannot decide before ``fit``.
     learned: ClassVar[bool] = False
+    # True for a family of candidates that calibration chooses among (classifier=auto,
+    # adainfer.decide.select): it decides nothing itself until one is chosen.
+    selects: ClassVar[bool] = False
 
     @property
     def online(self) -> bool:
@@ -103,9 +106,11 @@ class ExitPolicy(ABC):
 
     @property
     def reads_probe(self) -> bool:
-        """Whether every visited layer must be probed for it: it reads probe features and can
-        stop early (one that never stops needs only the last layer's answer)."""
-        return bool(set(self.reads) - {HIDDEN_STATE}) and not self.never_stops()
+        """Whether every visited layer must be probed for it: it reads probe features (of the
+        full head: not only :attr:`reads_labels`) and can stop early (one that never stops
+        needs only the last layer's answer)."""
+        read = set(self.reads) - {HIDDEN_STATE}
+        return bool(read - set(LABEL_FEATURES)) and not self.never_stops()
 
     @property
     def reads_hidden(self) -> bool:
@@ -115,11 +120,22 @@ class ExitPolicy(ABC):
         return HIDDEN_STATE in self.reads
 
     @property
+    def reads_labels(self) -> bool:
+        """Whether what it reads of the probe is the label-row features only
+        (:data:`~adainfer.choices.LABEL_FEATURES`: a read of the fixed answer set's rows of the
+        LM head, |labels| x h, not V x h). It then decides without the full probe, as a head on
+        the hidden state does (:attr:`scores_state`), and the full head runs at its exit only,
+        for the answer. The label tokens are learnt with the records it is fitted on
+        (``label_ids``)."""
+        read = set(self.reads) - {HIDDEN_STATE}
+        return bool(read) and read <= set(LABEL_FEATURES)
+
+    @property
     def scores_state(self) -> bool:
-        """Whether the engine scores the hidden state at every layer from ``first_layer`` up to
-        the last but one (it reads it and can stop early): what its work log counts as
-        classified, and what honest FLOPs charge."""
-        return self.reads_hidden and not self.never_stops()
+        """Whether the engine scores every row at each layer it is asked at without the full
+        probe (a head on the hidden state, or a label-row read: :attr:`reads_labels`) and can
+        stop early: what its work log counts as classified, and what honest FLOPs charge."""
+        return (self.reads_hidden or self.reads_labels) and not self.never_stops()
 
     def decision_flops(self, hidden: int | None = None, layers: int | None = None) -> float:
         """FLOPs of one decision: scoring one instance at one layer, for a model of
@@ -134,13 +150,17 @@ class ExitPolicy(ABC):
 
     def __init__(
         self,
-        features: tuple[str, ...] = FEATURES,
+        features: tuple[str, ...] | None = FEATURES,
         threshold: float | None = None,
         first_layer: FirstLayer = 1,
         schedule: Schedule = "all",
         read_price: float | None = None,
     ):
-        self.features = tuple(features)
+        # None: not given (the default's); a family (classifier=auto) gives such a candidate
+        # the job's feature_set
+        self.features_given = features is not None
+        self.features = tuple(FEATURES if features is None else features)
+        self.label_ids: np.ndarray | None = None  # learnt by fit, for a label-row read
         self.threshold = self.default_threshold if threshold is None else float(threshold)
         self.num_layers: int | None = None  # of the records it was fitted on
         self.first_layer = first_layer
@@ -257,6 +277,8 @@ class ExitPolicy(ABC):
         (:meth:`choose_schedule`), which needs the model's ``prices``
         (:func:`adainfer.decide.costs.read_prices`)."""
         self.num_layers = records.num_layers
+        if self.reads_labels:
+            self.label_ids = _label_ids(records, self.name)
         if self.first_layer_setting == "auto":
             self._first_layer = earliest_settled(records)
         self._learn(records)
@@ -297,6 +319,8 @@ class ExitPolicy(ABC):
             first_stop = first_exit(stop & (layers >= self.first_layer) & (layers < L))
             decides = self.reads_probe or self.scores_state
             decision = self.decision_flops(prices.hidden, L) if decides else 0.0
+            if self.reads_labels and decides:  # each decision reads the label rows first
+                decision += prices.label_read(len(self.label_ids))
             if self.read_price is not None:
                 prices = replace(prices, probe_layers=self.read_price)
             costs = instance_costs(prices, records.seq_len, L, self.reads_probe, decision, decides)
@@ -352,6 +376,8 @@ class ExitPolicy(ABC):
             )
         if self.read_price is not None:
             meta["read_price"] = self.read_price
+        if self.label_ids is not None:
+            meta["label_ids"] = [int(t) for t in self.label_ids]
         meta["model_file"] = self._save_model(folder)
         # Strict JSON: a threshold of +inf ("never exit") is written as the string "inf".
         meta["params"] = {k: _json_number(v) for k, v in meta["params"].items()}
@@ -419,6 +445,8 @@ def load_policy(folder: Path) -> ExitPolicy:
     if policy.schedule == "auto" and meta.get("chosen_schedule") is not None:
         policy.chosen_schedule = tuple(int(layer) for layer in meta["chosen_schedule"])
     policy.read_price = meta.get("read_price")
+    if meta.get("label_ids") is not None:
+        policy.label_ids = np.array(meta["label_ids"], dtype=np.int64)
     if meta["model_file"]:
         policy._load_model(_model_path(folder, meta["model_file"]))
     return policy
@@ -438,6 +466,19 @@ class NeverExit(ExitPolicy):
 
     def decision_flops(self, hidden: int | None = None, layers: int | None = None) -> float:
         return 0.0  # it scores nothing
+
+
+def _label_ids(records: LayerRecords, policy: str) -> np.ndarray:
+    """The label tokens a label-row read reads, from the records it is fitted on."""
+    missing = [name for name in LABEL_FEATURES if name not in records.values]
+    if records.label_ids is None or missing:
+        raise AdaInferError(
+            f"policy {policy!r} reads the label rows of the LM head ({list(LABEL_FEATURES)}), "
+            "and these layer records have none: the task has no fixed answer set",
+            "use it on a task with labels (sst2, ag_news, mmlu, commonsense_qa), or another "
+            "feature_set (feature_set=base)",
+        )
+    return records.label_ids
 
 
 def single_class(labels: np.ndarray, policy: str) -> bool:
