@@ -79,7 +79,8 @@ from common import per_task, run_pipeline, study_setting, use_shared_data
 from adainfer.decide.risk import RiskLimit
 from adainfer.errors import AdaInferError
 
-RISK = ["risk.epsilon={eps}", "{first}", "risk.bound={bound}", "risk.loss={loss}"]
+LIMIT = ["risk.epsilon={eps}", "risk.bound={bound}", "risk.loss={loss}"]
+RISK = [*LIMIT, "{first}"]
 # label -> overrides: what each column of the table is, in the table's order.
 METHODS = {
     "svm": ["classifier=svm", "probe=logit_lens"],
@@ -90,6 +91,9 @@ METHODS = {
     "tuned svm+risk": ["classifier=svm", "probe=tuned", *RISK],
     "tuned svm+risk auto": ["classifier=svm", "probe=tuned", "classifier.schedule=auto", *RISK],
     "tuned state+risk": ["classifier=state", "probe=tuned", *RISK],
+    # classifier=auto: one certified choice among its candidates, on calibration data only
+    "auto+risk": ["classifier=auto", "probe=logit_lens", *LIMIT],
+    "tuned auto+risk": ["classifier=auto", "probe=tuned", *LIMIT],
     "oracle_gold": ["classifier=oracle_gold", "probe=logit_lens"],
     "tuned oracle_gold": ["classifier=oracle_gold", "probe=tuned"],
     "oracle_consistent": ["classifier=oracle_consistent", "probe=logit_lens"],
@@ -105,7 +109,10 @@ ORIGINAL = [
     "oracle_consistent",
     "tuned oracle_consistent",
 ]
-PRESETS = {"all": list(METHODS), "original": ORIGINAL}
+# Issue #29's study: classifier=auto through either probe, beside the tuned oracle.
+SELECTED = ["auto+risk", "tuned auto+risk", "tuned oracle_consistent"]
+PRESETS = {"all": list(METHODS), "original": ORIGINAL, "auto": SELECTED}
+AUTO = "tuned auto+risk"  # the method #29's targets are for
 ORACLE = "tuned oracle_consistent"  # the reference of the best deployable policy
 KEEP = (
     "acc_full",
@@ -131,6 +138,13 @@ RISK_METRICS = (
 # Issue #14's targets for the best deployable certified policy's honest FLOPs.
 ROW_TARGETS = {("smollm2_135m", "sst2"): 0.80, ("smollm2_135m", "ag_news"): 0.80}
 AVERAGE_TARGETS = {"smollm2_135m": ("<=", 0.92), "gemma3_270m": ("<", 1.00)}
+# Issue #29's targets for classifier=auto (chosen on calibration, never on test).
+AUTO_ROW_TARGETS = {
+    ("smollm2_135m", "sst2"): 0.68,
+    ("smollm2_135m", "ag_news"): 0.65,
+    ("gemma3_270m", "sst2"): 0.80,
+}
+AUTO_AVERAGE_TARGETS = {"smollm2_135m": ("<=", 0.90), "gemma3_270m": ("<=", 0.95)}
 
 
 def controlled(method: str) -> bool:
@@ -143,7 +157,10 @@ def run_order(labels: list[str]) -> list[str]:
     the plain traces too), tuned lens first (its pass stores the logit-lens traces too)."""
     return sorted(
         labels,
-        key=lambda m: ("classifier=state" not in METHODS[m], "probe=tuned" not in METHODS[m]),
+        key=lambda m: (
+            not {"classifier=state", "classifier=auto"} & set(METHODS[m]),
+            "probe=tuned" not in METHODS[m],
+        ),
     )
 
 
@@ -217,7 +234,13 @@ def best_deployable(frame: pd.DataFrame) -> pd.DataFrame:
             }
         row["oracle"] = float(oracle.iloc[0]) if len(oracle) else np.nan
         rows.append(row)
-    table = pd.DataFrame(rows)
+    return with_averages(pd.DataFrame(rows))
+
+
+def with_averages(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (a row per model and task) with its distance to the oracle and a per-model
+    average row (the largest violation rate in its violation column)."""
+    table = table.copy()
     table["distance"] = table.honest_flops - table.oracle
     averages = []
     for model, part in table.groupby("model", sort=True):
@@ -238,19 +261,62 @@ def best_deployable(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def target_lines(best: pd.DataFrame, delta: float) -> list[str]:
-    """Issue #14's targets against the best deployable table: met, MISSED, or not run."""
+def chosen_name(metrics: dict) -> str | None:
+    """The candidate a classifier=auto run chose, from its metrics (None: not an auto run)."""
+    if "auto_full_model" not in metrics:
+        return None
+    if metrics["auto_full_model"]:
+        return "full model"
+    cost = metrics["auto_cal_cost"]
+    names = [k[5:-9] for k in metrics if k.startswith("auto_") and k.endswith("_cal_cost")]
+    return next(n for n in names if n != "" and metrics[f"auto_{n}_cal_cost"] == cost)
+
+
+def selected(frame: pd.DataFrame, method: str = AUTO) -> pd.DataFrame:
+    """Per (model, task): what ``method`` (classifier=auto) chose on calibration and what it
+    gave on test, beside the tuned oracle; then per-model averages. No choice here looks at
+    the test split: each row is one run of one procedure."""
+    rows = []
+    for (model, task), runs in frame.groupby(["model", "task"], sort=True):
+        run = runs[runs.method == method]
+        if not len(run):
+            continue
+        run = run.iloc[0]
+        oracle = runs.loc[runs.method == ORACLE, "honest_flops_ratio"]
+        rows.append(
+            {
+                "model": model,
+                "task": task,
+                "best": run.chosen,
+                "acc_drop": run.acc_drop,
+                "honest_flops": run.honest_flops_ratio,
+                "violation_rate": run.risk_resplit_exceed_rate,
+                "pool_violation_rate": run.risk_resplit_pool_exceed_rate,
+                "oracle": float(oracle.iloc[0]) if len(oracle) else np.nan,
+            }
+        )
+    return with_averages(pd.DataFrame(rows)) if rows else pd.DataFrame()
+
+
+def target_lines(
+    best: pd.DataFrame,
+    delta: float,
+    row_targets: dict = ROW_TARGETS,
+    average_targets: dict = AVERAGE_TARGETS,
+) -> list[str]:
+    """Targets (issue #14's by default) against a table of :func:`with_averages`: met,
+    MISSED, or not run."""
     rows = best[~best.task.str.startswith("**Avg**")].set_index(["model", "task"])
     averages = best[best.task.str.startswith("**Avg**")].set_index("model")
     lines = []
-    for (model, task), limit in ROW_TARGETS.items():
+    for (model, task), limit in row_targets.items():
         if (model, task) not in rows.index:
             lines.append(f"{model} {task}: honest FLOPs <= {limit:.2f}: not run")
             continue
         value = rows.loc[(model, task), "honest_flops"]
         verdict = "met" if value <= limit else "MISSED"
         lines.append(f"{model} {task}: honest FLOPs {value:.3f} <= {limit:.2f}: {verdict}")
-    for model, (op, limit) in AVERAGE_TARGETS.items():
+    for model, (op, limit) in average_targets.items():
         if model not in averages.index:
             lines.append(f"{model} task average: honest FLOPs {op} {limit:.2f}: not run")
             continue
@@ -264,6 +330,24 @@ def target_lines(best: pd.DataFrame, delta: float) -> list[str]:
     lines.append(f"re-split violation rate <= delta = {delta} on every row (worst {worst:.2f}): ")
     lines[-1] += verdict
     return [f"- {line}" for line in lines]
+
+
+def auto_section(frame: pd.DataFrame, delta: float) -> list[str]:
+    """The classifier=auto table and issue #29's targets, when the study ran it."""
+    table = selected(frame)
+    if table.empty:
+        return []
+    no_row_above = "met" if (table.honest_flops <= 1.0 + 1e-12).all() else "MISSED"
+    return [
+        f"classifier=auto ({AUTO}), chosen on the calibration split only: its candidate "
+        "('best'), the test drop in points and honest FLOPs, its re-split violation rates (the "
+        "whole procedure, selection included, rerun on every re-split; pool: the drop over the "
+        "pool) and the distance to the tuned oracle:",
+        table.assign(acc_drop=100 * table.acc_drop).to_markdown(index=False, floatfmt=".3f"),
+        "Issue #29's targets for classifier=auto:\n"
+        + "\n".join(target_lines(table, delta, AUTO_ROW_TARGETS, AUTO_AVERAGE_TARGETS))
+        + f"\n- no row above 1.000: {no_row_above}",
+    ]
 
 
 def main() -> None:
@@ -337,6 +421,7 @@ def main() -> None:
                 metrics = run_pipeline(common + extra + extras.get(task, []))
                 for name, m in per_task(metrics, task).items():
                     row = {"model": model, "task": name, "method": label}
+                    row["chosen"] = chosen_name(m)
                     rows.append(row | {k: m.get(k) for k in KEEP + RISK_METRICS})
             print(f"[{time.perf_counter() - start:.0f} s] {model} {task} done", file=sys.stderr)
 
@@ -415,6 +500,7 @@ def main() -> None:
             best.assign(acc_drop=100 * best.acc_drop).to_markdown(index=False, floatfmt=".3f"),
             "Issue #14's targets for the best deployable policy:\n"
             + "\n".join(target_lines(best, args.delta)),
+            *auto_section(frame, args.delta),
             f"total {time.perf_counter() - start:.0f} s",
         ]
     )

@@ -372,9 +372,10 @@ def test_the_run_says_in_one_line_what_it_saved_and_what_it_guaranteed():
 def test_the_default_job_runs_end_to_end_and_says_what_it_guaranteed(
     tracking_uri, tmp_path, data_dir, monkeypatch, caplog
 ):
-    """The default job's choices (conf/preset/certified.yaml: SST-2, the state head through the
-    tuned lens, a wsr·drop guarantee) on tiny_llama at small sizes: one verdict line that states
-    the guarantee, or that nothing was certified, in which case it never exits early."""
+    """The default job's choices (conf/preset/certified.yaml: SST-2, classifier=auto through the
+    tuned lens, a wsr·drop guarantee) on tiny_llama at small sizes: one verdict line that names
+    the chosen candidate and states the guarantee, or says the full model ran, in which case it
+    never exits early and costs exactly the full model."""
     monkeypatch.setenv("ADAINFER_DATA_DIR", str(data_dir))
     cfg = compose_cfg(
         [
@@ -393,8 +394,11 @@ def test_the_default_job_runs_end_to_end_and_says_what_it_guaranteed(
         metrics = pipeline.run(cfg)
     (line,) = [r.getMessage() for r in caplog.records if "the full model's FLOPs" in r.getMessage()]
     if metrics["risk_certified"]:
+        assert "]: classifier=auto chose " in line
         assert "guaranteed: a drop <= 5 points w.p. >= 0.9 (wsr bound on the drop loss" in line
-    else:
-        assert "nothing could be certified at a drop <= 5 points" in line
+    else:  # nothing certified pays: the full model, and the line says so
+        assert "]: classifier=auto ran the full model: none of its" in line
+        assert "at a drop <= 5 points w.p. >= 0.9" in line
+        assert metrics["auto_full_model"] == 1 and metrics["honest_flops_ratio"] == 1.0
         assert metrics["acc"] == metrics["acc_full"]
         assert metrics["exit_layer_mean"] == cfg.model.num_layers

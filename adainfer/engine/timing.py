@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from adainfer.choices import LABEL_FEATURES
 from adainfer.decide.costs import run_costs
 from adainfer.decide.policies import ExitPolicy
 from adainfer.engine import EarlyExitEngine, EngineResult, layer_inputs
@@ -192,7 +193,8 @@ def price_policy(
     """``prices`` plus the seconds of one call of ``policy`` on ``r`` rows, for each ``r`` the
     work log scored, on a one-layer view of feature values the run recorded (a call's time
     does not depend on the values); a policy that reads hidden states gets states of
-    ``hidden_size`` (the model's), as the engine hands them over."""
+    ``hidden_size`` (the model's), as the engine hands them over; a label-row read's policy,
+    label features (the read itself, |labels| rows of the head, is not timed apart)."""
     if policy.reads_hidden and hidden_size is None:
         raise AdaInferError(
             f"policy {policy.name!r} reads hidden states: its calls are priced on states of "
@@ -207,6 +209,9 @@ def price_policy(
             seen = column[~np.isnan(column)]
             if len(seen):
                 values[name] = np.resize(seen, r).astype(np.float32)
+        if policy.reads_labels:  # a label-row read: the engine keeps no such column
+            rng = np.random.default_rng(0)
+            values |= {name: rng.random(r).astype(np.float32) for name in LABEL_FEATURES}
         states = None
         if policy.reads_hidden:
             states = (
