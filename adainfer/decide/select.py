@@ -119,24 +119,32 @@ def select(
     scores, train_scores = scores or {}, train_scores or {}
     report, policies, calibrations = [], {}, {}
     for name, candidate in family.candidates.items():
-        trial = copy.deepcopy(candidate)
-        on_cal = scores[name] if name in scores else trial.scores(calibration)
-        chosen = calibrate(trial, train, calibration, level, prices, on_cal, train_scores.get(name))
+        # calibrate sets the threshold (and an auto schedule): on the candidate itself, put
+        # back after; only the chosen one is copied (an SVM's copy is dear, once per re-split)
+        before = (candidate.threshold, candidate.chosen_schedule)
+        on_cal = scores[name] if name in scores else candidate.scores(calibration)
+        chosen = calibrate(
+            candidate, train, calibration, level, prices, on_cal, train_scores.get(name)
+        )
         cost = 1.0
         if chosen.certified:
-            exits = trial.first_exits(on_cal > trial.threshold)
-            ratios = trace_flops_ratio(exits, calibration.seq_len, model_config, trial, probe)
+            exits = candidate.first_exits(on_cal > candidate.threshold)
+            ratios = trace_flops_ratio(exits, calibration.seq_len, model_config, candidate, probe)
             cost = float(np.mean(ratios))
         found = (chosen.certified, chosen.threshold, chosen.tested, cost, chosen.cal_drop)
         report.append(Candidate(name, *found))
-        policies[name], calibrations[name] = trial, chosen
+        policies[name] = (chosen.threshold, candidate.chosen_schedule)
+        calibrations[name] = chosen
+        candidate.threshold, candidate.chosen_schedule = before
     paying = [c for c in report if c.certified and c.cal_cost < 1.0]
     if not paying:
         nothing = Calibration(np.inf, 0, calibration.num_instances, 1.0, 0.0, 0.0, 0, False)
         policy = _full_model(family, calibration.num_layers)
         return Selection(FULL_MODEL, policy, nothing, report, level.delta)
     best = min(paying, key=lambda c: c.cal_cost)
-    return Selection(best.name, policies[best.name], calibrations[best.name], report, level.delta)
+    policy = copy.deepcopy(family.candidates[best.name])
+    policy.threshold, policy.chosen_schedule = policies[best.name]
+    return Selection(best.name, policy, calibrations[best.name], report, level.delta)
 
 
 def family_resplit_check(
