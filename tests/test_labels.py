@@ -73,7 +73,7 @@ def test_a_label_row_read_equals_the_full_heads_logits_of_those_tokens(tiny_llam
         for probe in (None, lens):
             full = read_layers(tiny_llama.parts, hidden, probe, labels)
             read = hidden if probe is None else probe.translate(hidden)
-            rows = label_readout(tiny_llama.parts, read, labels)
+            rows = label_readout(tiny_llama.parts, read, tiny_llama.parts.label_head(labels))
             for name in LABEL_FEATURES:
                 torch.testing.assert_close(rows[name], full[name], rtol=1e-5, atol=1e-6)
             logits = tiny_llama.parts.probe_logits(read)

@@ -145,8 +145,8 @@ class EarlyExitEngine:
         self.probe_every_layer = policy.reads_probe  # every layer it is asked at, and the last
         self.score_state = policy.scores_state  # a head on hidden states: no probe to decide
         # a label-row read: the answer set's rows of the head decide, the full head answers
-        self.label_ids = (
-            torch.as_tensor(policy.label_ids)
+        self.label_head = (
+            self.parts.label_head(policy.label_ids)
             if policy.reads_labels and policy.scores_state
             else None
         )
@@ -266,8 +266,8 @@ class EarlyExitEngine:
         (``features.half_state``); for a label-row read, that token read through the lens on
         the label rows of the head only (:func:`adainfer.llm.readout.label_readout`)."""
         last = rows.last_hidden()
-        if self.label_ids is not None:
-            read = label_readout(self.parts, self.lens.translate(last, i), self.label_ids)
+        if self.label_head is not None:
+            read = label_readout(self.parts, self.lens.translate(last, i), self.label_head)
             values = {name: column.cpu().numpy() for name, column in read.items()}
             return one_layer_view(values, np.full(rows.n, -1), rows.seq_len)
         states = half_state(last).cpu().numpy()[:, None]

@@ -38,14 +38,19 @@ class DecoderParts:
         """Logit lens: the model's own head applied to an intermediate hidden state."""
         return self._capped(self.lm_head(self._head_input(hidden)))
 
-    def label_logits(self, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        """:meth:`probe_logits` of ``token_ids`` only: the head's rows of those tokens (a
-        label-row read: |labels| x h multiply-adds per position instead of V x h)."""
-        rows = token_ids.to(self.lm_head.weight.device)
+    def label_head(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The LM head's rows (weight, bias) of ``token_ids``: gathered once, read per layer."""
+        rows = torch.as_tensor(token_ids).to(self.lm_head.weight.device)
         bias = getattr(self.lm_head, "bias", None)
         picked = None if bias is None else bias.index_select(0, rows)
-        weight = self.lm_head.weight.index_select(0, rows)
-        return self._capped(nn.functional.linear(self._head_input(hidden), weight, picked))
+        return self.lm_head.weight.index_select(0, rows), picked
+
+    def label_logits(
+        self, hidden: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor | None]
+    ) -> torch.Tensor:
+        """:meth:`probe_logits` through the head rows of :meth:`label_head` only (a label-row
+        read: |labels| x h multiply-adds per position instead of V x h)."""
+        return self._capped(nn.functional.linear(self._head_input(hidden), *head))
 
     def _head_input(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.final_norm is not None:

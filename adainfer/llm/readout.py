@@ -116,13 +116,13 @@ def _label_features(label_logits: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def label_readout(
-    parts: DecoderParts, read: torch.Tensor, label_ids: torch.Tensor
+    parts: DecoderParts, read: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor | None]
 ) -> dict[str, torch.Tensor]:
     """A label-row read of (translated) hidden states [..., h]: the final norm, then only the
-    labels' rows of the LM head (|labels| x h instead of V x h), softcapped as the full head is,
-    softmax over them, top-2. The same numbers as :func:`read_layers`' label features, which
-    slice the full head's logits."""
-    return _label_features(parts.label_logits(read.to(parts.lm_head.weight.dtype), label_ids))
+    labels' rows of the LM head (``head``: :meth:`DecoderParts.label_head`; |labels| x h
+    instead of V x h), softcapped as the full head is, softmax over them, top-2. The same
+    numbers as :func:`read_layers`' label features, which slice the full head's logits."""
+    return _label_features(parts.label_logits(read.to(parts.lm_head.weight.dtype), head))
 
 
 def readout(parts: DecoderParts, read: torch.Tensor) -> tuple[torch.Tensor, ...]:
