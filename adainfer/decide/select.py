@@ -90,6 +90,12 @@ class Selection:
         return next((c.cal_cost for c in self.candidates if c.name == self.chosen), 1.0)
 
 
+def candidate_scores(family: AutoPolicy, records: LayerRecords) -> dict[str, np.ndarray]:
+    """Each fitted candidate's scores on ``records``, by name: computed once, read by
+    :func:`select` and :func:`family_resplit_check`."""
+    return {name: c.scores(records) for name, c in family.candidates.items()}
+
+
 def _full_model(family: AutoPolicy, num_layers: int) -> NeverExit:
     policy = NeverExit(family.features)
     policy.num_layers = num_layers
@@ -158,14 +164,21 @@ def family_resplit_check(
     probe: PricedLens | None = None,
     prices: ReadPrices | None = None,
     seed: int = 0,
+    scores: dict[str, np.ndarray] | None = None,
+    train_scores: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """:func:`adainfer.decide.risk.resplit_check` for a family: on every re-split the whole
     procedure runs again, certification of every candidate *and* the choice, on that split's
     calibration part; adds ``risk_resplit_full_model_rate``, how often the full model was
-    chosen, and ``risk_resplit_cal_cost_mean``, the chosen estimated cost."""
+    chosen, and ``risk_resplit_cal_cost_mean``, the chosen estimated cost. ``scores`` /
+    ``train_scores``: each candidate's scores on ``calibration`` / ``train``, where already
+    computed (:func:`candidate_scores`); only the test part is scored then."""
     pool = LayerRecords.concat([calibration, test])
-    pool_scores = {k: c.scores(pool) for k, c in family.candidates.items()}
-    train_scores = {k: c.scores(train) for k, c in family.candidates.items()}
+    scores = scores or candidate_scores(family, calibration)
+    train_scores = train_scores or candidate_scores(family, train)
+    pool_scores = {
+        k: np.concatenate([scores[k], c.scores(test)]) for k, c in family.candidates.items()
+    }
     chosen_full, chosen_cost = [], []
 
     def procedure(on_cal: np.ndarray) -> tuple[np.ndarray, bool]:

@@ -21,7 +21,7 @@ from adainfer.decide.policies.auto import AutoPolicy
 from adainfer.decide.policies.base import ExitPolicy
 from adainfer.decide.records import LayerRecords
 from adainfer.decide.risk import RiskLimit, calibrate, resplit_check
-from adainfer.decide.select import family_resplit_check, select
+from adainfer.decide.select import candidate_scores, family_resplit_check, select
 from adainfer.errors import AdaInferError
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,7 @@ def _choose(
             "set risk.epsilon (e.g. risk.epsilon=0.05) and task.n_calibration (e.g. 400), or "
             "pick one classifier (classifier=state, classifier=svm)",
         )
+    scored = candidate_scores(family, calibration), candidate_scores(family, fit_records)
     checked = {}
     if resplits:
         checked = family_resplit_check(
@@ -170,8 +171,10 @@ def _choose(
             loaded.config,
             probe,
             prices,
+            0,
+            *scored,
         )
-    picked = select(family, fit_records, calibration, limit, loaded.config, probe, prices)
+    picked = select(family, fit_records, calibration, limit, loaded.config, probe, prices, *scored)
     said = [
         f"{c.name}: certified, cost {c.cal_cost:.3f}" if c.certified else f"{c.name}: not certified"
         for c in picked.candidates
