@@ -79,9 +79,11 @@ def test_targets_met_missed_and_not_run(study):
 
 def test_hidden_state_and_tuned_jobs_run_first(study):
     order = study.run_order(list(study.METHODS))
-    assert order[:2] == ["tuned state+risk", "state+risk"]  # a hidden-state pass stores all
+    # a hidden-state pass stores all: the methods that read hidden states (state, auto) first,
+    # the tuned lens's first of them
+    assert order[:4] == ["tuned state+risk", "tuned auto+risk", "state+risk", "auto+risk"]
     tuned = [i for i, m in enumerate(order) if "probe=tuned" in study.METHODS[m]]
-    plain = [i for i, m in enumerate(order[2:], 2) if "probe=tuned" not in study.METHODS[m]]
+    plain = [i for i, m in enumerate(order[4:], 4) if "probe=tuned" not in study.METHODS[m]]
     assert max(tuned) < min(plain)
     # the original study's order, as before the new methods
     assert study.run_order(study.chosen_methods(["original"])) == [
