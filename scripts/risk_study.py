@@ -252,6 +252,11 @@ def with_averages(table: pd.DataFrame) -> pd.DataFrame:
                 "acc_drop": part.acc_drop.mean(),
                 "honest_flops": part.honest_flops.mean(),
                 "violation_rate": part.violation_rate.max(),
+                **(
+                    {"pool_violation_rate": part.pool_violation_rate.max()}
+                    if "pool_violation_rate" in part
+                    else {}
+                ),
                 "oracle": part.oracle.mean(),
                 "distance": part.distance.mean(),
             }
