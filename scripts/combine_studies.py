@@ -3,7 +3,8 @@
 ``scripts/risk_study.py`` writes its runs to ``<out>/risk_runs.csv``. A follow-up study often
 reruns a few tasks in another setting (more calibration or test data, another bound); this
 script puts those rows in place of the first study's and prints the best-deployable table and
-issue #14's targets as risk_study prints them. A task's rows come wholly from the last file
+issue #14's targets as risk_study prints them, and, where the studies ran ``classifier=auto``,
+its table and issue #29's targets. A task's rows come wholly from the last file
 that has the task (for that model), so no row mixes two settings; each file's header line
 (its ``risk.md``) says what its setting was.
 
@@ -20,7 +21,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-from risk_study import best_deployable, target_lines
+from risk_study import auto_section, best_deployable, target_lines
 
 COLUMNS = ("model", "task", "method", "acc_drop", "honest_flops_ratio", "risk_certified")
 
@@ -57,6 +58,10 @@ def main() -> None:
     print()
     print("Issue #14's targets for the best deployable policy:")
     print("\n".join(target_lines(best, args.delta)))
+    auto = auto_section(frame, args.delta)  # empty when no file ran classifier=auto
+    if auto:
+        print()
+        print("\n\n".join(auto))
 
 
 if __name__ == "__main__":

@@ -124,3 +124,49 @@ def test_combined_studies_take_each_task_wholly_from_the_last_file_that_has_it(
     (tmp_path / "bad.csv").write_text("model,task\nm,t\n")
     with pytest.raises(SystemExit, match="not a risk_runs.csv"):
         combine.combined([tmp_path / "bad.csv"])
+
+
+def auto_run(model, task, flops, chosen, violation=0.05, pool=0.0, drop=0.0):
+    return run(model, task, "tuned auto+risk", flops, 1, violation, drop) | {
+        "chosen": chosen,
+        "risk_resplit_pool_exceed_rate": pool,
+    }
+
+
+def test_classifier_auto_table_reads_its_one_run_per_row_and_checks_issue_29s_targets(study):
+    """The classifier=auto table takes each row's one auto run as it is (no pick over runs),
+    beside the tuned oracle; the targets say met, MISSED or not run, and a row above 1.000 is
+    named."""
+    runs = pd.DataFrame(
+        [
+            auto_run("smollm2_135m", "sst2", 0.66, "logreg_labels", drop=-0.01),
+            run("smollm2_135m", "sst2", "tuned oracle_consistent", 0.53),
+            # a cheaper certified run of another method does not replace the auto row
+            run("smollm2_135m", "sst2", "tuned svm+risk auto", 0.50, 1, 0.0),
+            auto_run("smollm2_135m", "ag_news", 0.70, "svm_auto", violation=0.15, pool=0.05),
+            run("smollm2_135m", "ag_news", "tuned oracle_consistent", 0.65),
+        ]
+    )
+    table = study.selected(runs).set_index("task")
+    assert table.loc["sst2", ["best", "honest_flops", "oracle"]].tolist() == [
+        "logreg_labels",
+        0.66,
+        0.53,
+    ]
+    assert table.loc["ag_news", "distance"] == pytest.approx(0.05)
+    average = table.loc["**Avg** (2)"]
+    assert average.honest_flops == pytest.approx(0.68)
+    assert (average.violation_rate, average.pool_violation_rate) == (0.15, 0.05)
+    lines = study.auto_section(runs, delta=0.1)[-1].splitlines()
+    assert lines[1:] == [
+        "- smollm2_135m sst2: honest FLOPs 0.660 <= 0.68: met",
+        "- smollm2_135m ag_news: honest FLOPs 0.700 <= 0.65: MISSED",
+        "- gemma3_270m sst2: honest FLOPs <= 0.80: not run",
+        "- smollm2_135m task average: honest FLOPs 0.680 <= 0.90: met",
+        "- gemma3_270m task average: honest FLOPs <= 0.95: not run",
+        "- re-split violation rate <= delta = 0.1 on every row (worst 0.15): MISSED on "
+        "smollm2_135m ag_news",
+        "- no row above 1.000: met",
+    ]
+    # no auto run at all: no section (the combined output of older studies is unchanged)
+    assert study.auto_section(frame(), delta=0.1) == []
