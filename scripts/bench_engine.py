@@ -287,6 +287,8 @@ def bench_job(run: str, args: argparse.Namespace) -> list[str]:
         n = len(test.input_ids) if args.n_timed is None else min(args.n_timed, len(test.input_ids))
         ids, gold, lengths = test.input_ids[:n], test.gold[:n], test.seq_len[:n]
         label = job_label(cfg, job.policy, job.limit)
+        if outcome.chosen is not None:  # classifier=auto: the candidate it chose decides
+            label += f": {outcome.chosen}"
         m = outcome.metrics
         print(f"\n== {loaded.name} {name}: {label}; load average {load_average()}")
         if job.limit is None:
